@@ -1,1 +1,6 @@
-"""TODO."""
+"""Contribution incentives: split budgets by contribution and settle credits on chain."""
+
+from citymesh.incentives.payout import Payout, blend_scores, payout_memo, split_budget
+from citymesh.incentives.settlement import settle_job
+
+__all__ = ["Payout", "blend_scores", "payout_memo", "settle_job", "split_budget"]

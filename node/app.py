@@ -1,0 +1,304 @@
+"""The node's HTTP API (FastAPI).
+
+Endpoints and their authentication:
+
+- GET  /health                 none
+- GET  /identity               none
+- GET  /catalog/search         none, or signed (required when
+                               require_signed_catalog is set)
+- GET  /catalog/datasets/{id}  same as search
+- POST /catalog/ingest         operator token; the body is the file
+- GET  /ledger/events          signed by a registered, active node
+- POST /ledger/anchor          operator token
+"""
+
+# No "from __future__ import annotations" here: FastAPI reads the Annotated
+# dependencies when a route is declared, and the dependency functions they
+# name are closures inside create_app, which string annotations cannot reach.
+
+import dataclasses
+import json
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from citymesh.catalog.ingest import FileTooLarge
+from citymesh.catalog.readers import FORMATS
+from citymesh.catalog.store import DuplicateDataset, SearchQuery
+from citymesh.node.context import NodeContext
+from citymesh.node.settings import NodeSettings
+from citymesh.node.signing import SIGNED_HEADERS, SignerInfo, SignerResolver
+from citymesh.node.usage import ANONYMOUS
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from citymesh.errors import (
+    AuthError,
+    ChainError,
+    CitymeshError,
+    InvalidInput,
+    NotFound,
+    PolicyViolation,
+)
+
+log = logging.getLogger("citymesh.node")
+
+UPLOAD_FOLDER = ".incoming"
+STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
+    (FileTooLarge, 413),
+    (DuplicateDataset, 409),
+    (InvalidInput, 400),
+    (NotFound, 404),
+    (AuthError, 401),
+    (PolicyViolation, 403),
+    (ChainError, 502),
+]
+
+
+def error_status(error: Exception) -> int:
+    """Return the HTTP status for a citymesh error (500 for unexpected ones)."""
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def request_target(request: Request) -> bytes:
+    """Return the raw path plus '?' and raw query, as the client signed it."""
+    path = request.scope.get("raw_path") or request.url.path.encode("utf-8")
+    query = request.scope.get("query_string") or b""
+    return path + b"?" + query if query else path
+
+
+def create_app(
+    settings: NodeSettings,
+    *,
+    resolve_signer: SignerResolver | None = None,
+    usage_log: Any = None,
+) -> FastAPI:
+    """Build the node's FastAPI app from its settings.
+
+    ``resolve_signer(account) -> (pubkey, role, active)`` looks up signers; the
+    default reads the on-chain node registry. ``usage_log`` replaces the
+    UsageLog at usage.db in the node home.
+    """
+    context = NodeContext(settings, resolve_signer=resolve_signer, usage_log=usage_log)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        log.info("node %s started, account %s", settings.city, context.identity.account)
+        yield
+        context.close()
+        log.info("node %s stopped", settings.city)
+
+    app = FastAPI(title=f"citymesh node {settings.city}", lifespan=lifespan)
+    app.state.context = context
+
+    @app.exception_handler(CitymeshError)
+    async def on_citymesh_error(
+        _request: Request, error: CitymeshError
+    ) -> JSONResponse:
+        status = error_status(error)
+        if status >= 500:
+            log.error("request failed: %s", error)
+        return JSONResponse(
+            {"error": type(error).__name__, "detail": str(error)}, status_code=status
+        )
+
+    async def signed(request: Request) -> SignerInfo:
+        body = await request.body()
+        return await run_in_threadpool(
+            context.verifier.verify,
+            request.method,
+            request_target(request),
+            dict(request.headers),
+            body,
+        )
+
+    async def maybe_signed(request: Request) -> str:
+        present = any(name in request.headers for name in SIGNED_HEADERS)
+        if present or settings.require_signed_catalog:
+            return (await signed(request)).account
+        return ANONYMOUS
+
+    async def operator(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        context.check_operator(token.strip() if scheme.lower() == "bearer" else None)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        count = await run_in_threadpool(context.store.count)
+        head = await run_in_threadpool(context.usage.head)
+        return {
+            "status": "ok",
+            "city": settings.city,
+            "datasets": count,
+            "usage_head": head,
+        }
+
+    @app.get("/identity")
+    async def identity() -> dict[str, Any]:
+        return context.identity_info()
+
+    @app.get("/catalog/search")
+    async def search(
+        consumer: Annotated[str, Depends(maybe_signed)],
+        code: str | None = Query(None, description="Code prefix, e.g. 04.5"),
+        q: str | None = Query(None, description="Keywords, all must match"),
+        city: str | None = None,
+        grade: str | None = None,
+        tier: str | None = None,
+        local_code: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        query = SearchQuery(
+            code_prefix=code,
+            keyword=q,
+            city=city,
+            grade=grade,
+            tier=tier,
+            local_code=local_code,
+            limit=limit,
+            offset=offset,
+        )
+        page = await run_in_threadpool(context.search, query, consumer)
+        return page.public()
+
+    @app.get("/catalog/datasets/{dataset_id}")
+    async def dataset(
+        dataset_id: str, consumer: Annotated[str, Depends(maybe_signed)]
+    ) -> dict[str, Any]:
+        entry = await run_in_threadpool(context.dataset, dataset_id, consumer)
+        return entry.public()
+
+    @app.post("/catalog/ingest", dependencies=[Depends(operator)])
+    async def ingest(
+        request: Request,
+        name: str,
+        code: str,
+        format: str,
+        grade: str = "general",
+        tier: str = "raw",
+        title: str = "",
+        description: str = "",
+        keywords: str = "",
+        parents: str = "",
+        transform: str = "",
+        local_code: str | None = None,
+        schema: str | None = Query(None, description='JSON {"column": "type"}'),
+    ) -> JSONResponse:
+        if format not in FORMATS:
+            raise InvalidInput(
+                f"unknown source format {format!r}: use one of {', '.join(FORMATS)}"
+            )
+        declared = _parse_schema_param(schema)
+        upload = await _receive_upload(request, settings, format)
+        try:
+            entry = await run_in_threadpool(
+                context.ingest,
+                upload,
+                name=name,
+                code=code,
+                grade=grade,
+                tier=tier,
+                title=title,
+                description=description,
+                keywords=[word for word in keywords.split(",") if word.strip()],
+                parents=[parent for parent in parents.split(",") if parent.strip()],
+                transform=transform,
+                local_code=local_code,
+                fmt=format,
+                schema=declared,
+            )
+        finally:
+            upload.unlink(missing_ok=True)
+        return JSONResponse(entry.public(), status_code=201)
+
+    @app.get("/ledger/events")
+    async def events(
+        signer: Annotated[SignerInfo, Depends(signed)],
+        from_seq: int = 1,
+        to_seq: int | None = None,
+    ) -> dict[str, Any]:
+        entries = await run_in_threadpool(context.usage.log.entries, from_seq, to_seq)
+        log.info("sent %d usage entries to %s", len(entries), signer.account)
+        return {"city": settings.city, "entries": [to_jsonable(e) for e in entries]}
+
+    @app.post("/ledger/anchor", dependencies=[Depends(operator)])
+    async def anchor(max_events: int | None = None) -> dict[str, Any]:
+        batches = await run_in_threadpool(context.anchor, max_events)
+        head = await run_in_threadpool(context.usage.head)
+        return {"batches": to_jsonable(batches), "head": head}
+
+    return app
+
+
+async def _receive_upload(request: Request, settings: NodeSettings, fmt: str) -> Path:
+    """Stream the request body into the data folder's upload area, within the limit."""
+    limit = settings.max_ingest_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise FileTooLarge(
+            f"upload of {declared} bytes is over the limit of {limit} bytes: split "
+            "the file or raise the node's max_ingest_bytes"
+        )
+    folder = settings.data_dir / UPLOAD_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.{fmt}"
+    received = 0
+    try:
+        async with await anyio.open_file(path, "wb") as handle:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise FileTooLarge(
+                        f"upload is over the limit of {limit} bytes: split the "
+                        "file or raise the node's max_ingest_bytes"
+                    )
+                await handle.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _parse_schema_param(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(
+            f'invalid schema {text!r}: {error}; send JSON like {{"column": "int64"}}'
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"invalid schema {text!r}: send a JSON object")
+    return value
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert a value to JSON-ready form.
+
+    Objects with ``to_dict`` (usage events) use it, dataclasses become dicts,
+    bytes become lower-case hex without a prefix.
+    """
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    return value

@@ -1,0 +1,184 @@
+"""The node's working parts, shared by the HTTP app and local commands."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+from citymesh.catalog.ingest import ingest_file
+from citymesh.catalog.models import DatasetEntry
+from citymesh.catalog.store import CatalogStore, SearchPage, SearchQuery
+from citymesh.node.identity import NodeIdentity, load_operator_token
+from citymesh.node.registry import chain_resolver, open_chain_client
+from citymesh.node.settings import NodeSettings
+from citymesh.node.signing import (
+    RequestVerifier,
+    SignerResolver,
+    reject_all_resolver,
+)
+from citymesh.node.usage import OPERATOR, UsageRecorder
+
+from citymesh.errors import AuthError, InvalidInput
+
+log = logging.getLogger("citymesh.node")
+
+
+class NodeContext:
+    """Settings, identity, catalog store, usage log and request verifier of a node.
+
+    ``resolve_signer`` defaults to the on-chain node registry when the settings
+    name a chain and a deployment, and otherwise rejects every signer.
+    ``usage_log`` defaults to the UsageLog at ``usage.db`` in the node home.
+    """
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        resolve_signer: SignerResolver | None = None,
+        usage_log: Any = None,
+    ) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = NodeIdentity.load(settings.keys_dir)
+        self.operator_token = load_operator_token(settings.keys_dir)
+        self.store = CatalogStore(settings.database)
+        self.usage = UsageRecorder(
+            usage_log if usage_log is not None else settings.usage_path, settings.city
+        )
+        self._chain = None
+        if resolve_signer is None:
+            resolve_signer = self._default_resolver()
+        self.verifier = RequestVerifier(
+            resolve_signer,
+            window_s=settings.signature_window_s,
+            cache_s=settings.signer_cache_s,
+        )
+
+    def _default_resolver(self) -> SignerResolver:
+        if self.settings.chain_url and self.settings.deployment_path:
+            return chain_resolver(self.chain())
+        log.warning(
+            "node %s has no chain configured: every signed request is rejected",
+            self.settings.city,
+        )
+        return reject_all_resolver
+
+    def chain(self):
+        """Return a ChainClient that signs with this node's account key."""
+        if self._chain is None:
+            if not (self.settings.chain_url and self.settings.deployment_path):
+                raise InvalidInput(
+                    "this node has no chain configured: set chain_url and "
+                    "deployment_path in node.toml"
+                )
+            self._chain = open_chain_client(
+                self.settings.chain_url,
+                self.settings.deployment_path,
+                self.identity.account_key,
+            )
+        return self._chain
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.store.close()
+
+    def check_operator(self, token: str | None) -> None:
+        """Raise AuthError unless ``token`` equals the node's operator token."""
+        if not token or not hmac.compare_digest(
+            token.encode("utf-8"), self.operator_token.encode("utf-8")
+        ):
+            raise AuthError(
+                "operator token missing or wrong: send 'Authorization: Bearer "
+                "<token>' with the token from keys/operator.token in the node home"
+            )
+
+    def identity_info(self) -> dict[str, Any]:
+        """Return the public identity of the node."""
+        from citymesh.catalog.codes import shared_codes
+
+        return {
+            "city": self.settings.city,
+            "account": self.identity.account,
+            "pubkey": self.identity.public_key.hex(),
+            "endpoint": self.settings.endpoint,
+            "role": self.settings.role,
+            "code_list": shared_codes().info(),
+        }
+
+    def ingest(
+        self, source: Path, *, consumer: str = OPERATOR, **options: Any
+    ) -> DatasetEntry:
+        """Ingest ``source`` into this node's catalog and log an ingest event.
+
+        ``options`` are the keyword arguments of citymesh.catalog.ingest_file
+        (name, code, grade, tier, title, ...); city, data folder, store and size
+        limit come from the settings.
+        """
+        options.setdefault("max_bytes", self.settings.max_ingest_bytes)
+        entry = ingest_file(
+            source,
+            data_dir=self.settings.data_dir,
+            store=self.store,
+            city=self.settings.city,
+            **options,
+        )
+        self.usage.record(
+            "ingest",
+            entry.id,
+            consumer,
+            "ingest",
+            rows=entry.rows,
+            size=entry.bytes,
+            detail={"code": entry.code, "grade": entry.grade, "sha256": entry.sha256},
+        )
+        return entry
+
+    def search(self, query: SearchQuery, consumer: str) -> SearchPage:
+        """Search the catalog; log a query event when the page is not empty."""
+        page = self.store.search(query)
+        if page.items:
+            self.usage.record(
+                "query",
+                ",".join(item.id for item in page.items),
+                consumer,
+                "catalog-search",
+                detail={
+                    "query": _query_detail(query),
+                    "returned": len(page.items),
+                    "total": page.total,
+                },
+            )
+        return page
+
+    def dataset(self, dataset_id: str, consumer: str) -> DatasetEntry:
+        """Return one catalog entry and log a query event."""
+        entry = self.store.get(dataset_id)
+        self.usage.record(
+            "query", entry.id, consumer, "catalog-read", detail={"returned": 1}
+        )
+        return entry
+
+    def anchor(self, max_events: int | None = None) -> list[Any]:
+        """Anchor every waiting usage event on chain and return the batches sent.
+
+        ``max_events`` caps the size of each batch. An unreachable chain ends the
+        run early and leaves the rest waiting for the next call.
+        """
+        from citymesh.ledger.anchoring import Anchorer
+
+        anchorer = Anchorer(self.usage.log, self.chain())
+        batches = anchorer.anchor_all(max_events)
+        for batch in batches:
+            log.info("anchored usage events %d..%d", batch.from_seq, batch.to_seq)
+        return batches
+
+
+def _query_detail(query: SearchQuery) -> dict[str, Any]:
+    fields = ("code_prefix", "keyword", "city", "grade", "tier", "local_code")
+    detail = {name: getattr(query, name) for name in fields if getattr(query, name)}
+    detail["offset"] = query.offset
+    detail["limit"] = query.limit
+    return detail

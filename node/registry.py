@@ -1,0 +1,49 @@
+"""Signer resolvers backed by the on-chain node registry."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from citymesh.node.signing import SignerInfo, SignerResolver
+
+from citymesh.errors import ChainError, NotFound
+
+log = logging.getLogger("citymesh.node")
+
+
+def chain_resolver(client) -> SignerResolver:
+    """Return a resolver that reads ``client.node(account)`` from the registry.
+
+    An account the registry does not know (NotFound, or a record with an empty
+    public key) resolves to None, which the verifier rejects as unknown.
+    """
+
+    def resolve(account: str) -> SignerInfo | None:
+        try:
+            record = client.node(account)
+        except NotFound:
+            return None
+        except ChainError as error:
+            log.error("node registry look-up of %s failed: %s", account, error)
+            raise
+        if record is None or not record.pubkey:
+            return None
+        return SignerInfo(
+            account=record.account,
+            pubkey=bytes(record.pubkey),
+            role=int(record.role),
+            active=bool(record.active),
+        )
+
+    return resolve
+
+
+def open_chain_client(
+    chain_url: str, deployment_path: Path, private_key: str | None = None
+):
+    """Connect a ChainClient to ``chain_url`` with the saved deployment."""
+    from citymesh.ledger.chain import ChainClient, Deployment
+
+    deployment = Deployment.load(Path(deployment_path))
+    return ChainClient(chain_url, deployment, private_key=private_key)

@@ -1,0 +1,126 @@
+"""Node settings: ``node.toml`` in the node home, overridden by CITYMESH_* variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_FILE = "node.toml"
+DEFAULT_MAX_INGEST_BYTES = 2 * 1024**3
+
+
+class NodeSettings(BaseSettings):
+    """Settings of one city node.
+
+    Precedence, highest first: keyword arguments, CITYMESH_<FIELD> environment
+    variables, then ``node.toml`` in ``home``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CITYMESH_", extra="ignore")
+
+    home: Path
+    city: str
+    host: str = "127.0.0.1"
+    port: int = 8700
+    endpoint: str = Field(
+        default="", description="Base URL peers use to reach this node."
+    )
+    role: int = Field(default=1, description="1 city node, 2 hub, 3 regulator.")
+    chain_url: str | None = None
+    deployment_path: Path | None = None
+    db_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite node.db in home."
+    )
+    max_ingest_bytes: int = DEFAULT_MAX_INGEST_BYTES
+    signature_window_s: float = Field(
+        default=300.0,
+        description="Accepted clock difference of a signed request, in seconds.",
+    )
+    signer_cache_s: float = Field(
+        default=10.0,
+        description="How long a resolved signer is reused before asking again.",
+    )
+    require_signed_catalog: bool = False
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def usage_path(self) -> Path:
+        return self.home / "usage.db"
+
+    @property
+    def database(self) -> str:
+        """Return the catalog database URL or SQLite path."""
+        return self.db_url or str(self.home / "node.db")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs = getattr(init_settings, "init_kwargs", {})
+        return (init_settings, env_settings, _HomeTomlSource(settings_cls, init_kwargs))
+
+
+class _HomeTomlSource(PydanticBaseSettingsSource):
+    """Values from ``node.toml`` in the home given as argument or CITYMESH_HOME."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict) -> None:
+        super().__init__(settings_cls)
+        home = init_kwargs.get("home") or os.environ.get("CITYMESH_HOME")
+        self.path = Path(home) / CONFIG_FILE if home else None
+
+    def get_field_value(self, field, field_name):
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        with open(self.path, "rb") as handle:
+            return tomllib.load(handle)
+
+
+def load_settings(home: Path, **overrides: Any) -> NodeSettings:
+    """Load the settings of the node at ``home``."""
+    return NodeSettings(home=Path(home), **overrides)
+
+
+def toml_text(values: dict[str, Any]) -> str:
+    """Render flat settings as TOML; JSON string escapes are valid TOML escapes."""
+    import json
+
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int | float):
+            rendered = repr(value)
+        else:
+            rendered = json.dumps(str(value))
+        lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n"
