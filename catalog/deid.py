@@ -94,7 +94,10 @@ def generalize_values(values: pa.Array, rule: dict[str, Any]) -> pa.Array:
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
         band = int(rule.get("band", 10))
         return _map_unique(
-            values, lambda item: f"{int(item // band * band)}-{int(item // band * band) + band - 1}"
+            values,
+            lambda item: (
+                f"{int(item // band * band)}-{int(item // band * band) + band - 1}"
+            ),
         )
     raise InvalidInput(
         f"cannot generalize a column of type {str(arrow_type)!r}: use drop, mask "

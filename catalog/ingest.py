@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from citymesh.catalog.codes import CodeList, check_tier, shared_codes
-from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.deid import check_rules
+from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.names import check_name, dataset_path
 from citymesh.catalog.pii import CATEGORIES, Finding, detect
 from citymesh.catalog.quality import QualityAccumulator, count_outliers

@@ -20,7 +20,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from citymesh.catalog.pii_names import COMMON_GIVEN_NAMES
 
 SAMPLE_ROWS = 5000
@@ -62,21 +61,58 @@ NAME_HINTS: dict[str, tuple[frozenset[str], ...]] = {
     "person_name": tuple(
         frozenset(words.split())
         for words in (
-            "firstname", "lastname", "surname", "fullname", "givenname",
-            "familyname", "middlename", "first name", "last name", "full name",
-            "given name", "family name", "middle name", "patient name",
-            "driver name", "owner name", "contact name", "person name",
-            "customer name", "officer name", "name",
+            "firstname",
+            "lastname",
+            "surname",
+            "fullname",
+            "givenname",
+            "familyname",
+            "middlename",
+            "first name",
+            "last name",
+            "full name",
+            "given name",
+            "family name",
+            "middle name",
+            "patient name",
+            "driver name",
+            "owner name",
+            "contact name",
+            "person name",
+            "customer name",
+            "officer name",
+            "name",
         )
     ),
     "id_number": tuple(
         frozenset(words.split())
         for words in (
-            "ssn", "passport", "nino", "idcard", "id card", "id number", "id num",
-            "id no", "idnum", "idno", "national id", "citizen id", "personal id",
-            "tax id", "license number", "licence number", "driver license",
-            "social security", "case number", "case id", "record number",
-            "patient id", "person id", "member id", "customer id", "sfz",
+            "ssn",
+            "passport",
+            "nino",
+            "idcard",
+            "id card",
+            "id number",
+            "id num",
+            "id no",
+            "idnum",
+            "idno",
+            "national id",
+            "citizen id",
+            "personal id",
+            "tax id",
+            "license number",
+            "licence number",
+            "driver license",
+            "social security",
+            "case number",
+            "case id",
+            "record number",
+            "patient id",
+            "person id",
+            "member id",
+            "customer id",
+            "sfz",
         )
     ),
     "phone": tuple(
@@ -90,8 +126,18 @@ NAME_HINTS: dict[str, tuple[frozenset[str], ...]] = {
     ),
     "coordinates": tuple(
         frozenset([word])
-        for word in ("lat", "latitude", "lon", "lng", "long", "longitude", "coord",
-                     "coordinates", "geom", "geometry")
+        for word in (
+            "lat",
+            "latitude",
+            "lon",
+            "lng",
+            "long",
+            "longitude",
+            "coord",
+            "coordinates",
+            "geom",
+            "geometry",
+        )
     ),
     "date_of_birth": tuple(
         frozenset(words.split())
@@ -99,10 +145,29 @@ NAME_HINTS: dict[str, tuple[frozenset[str], ...]] = {
     ),
 }
 QUASI_HINTS = frozenset(
-    {"age", "gender", "sex", "race", "ethnicity", "zip", "zipcode", "postcode",
-     "postal", "neighborhood", "neighbourhood", "district", "precinct", "date",
-     "time", "datetime", "timestamp", "occupation", "nationality", "religion",
-     "marital"}
+    {
+        "age",
+        "gender",
+        "sex",
+        "race",
+        "ethnicity",
+        "zip",
+        "zipcode",
+        "postcode",
+        "postal",
+        "neighborhood",
+        "neighbourhood",
+        "district",
+        "precinct",
+        "date",
+        "time",
+        "datetime",
+        "timestamp",
+        "occupation",
+        "nationality",
+        "religion",
+        "marital",
+    }
 )
 
 
@@ -133,11 +198,13 @@ def name_hint(column: str) -> str | None:
     words = set(tokens) | joined
     for category, hints in NAME_HINTS.items():
         for hint in hints:
-            if hint <= words:
-                if category == "person_name" and hint == frozenset(["name"]):
-                    if tokens != ["name"]:
-                        continue
-                return category
+            if not hint <= words:
+                continue
+            # A bare "name" token marks a person's name only as the whole column
+            # name; "street_name" or "dataset_name" name other things.
+            if hint == frozenset(["name"]) and tokens != ["name"]:
+                continue
+            return category
     return None
 
 
@@ -266,8 +333,9 @@ def _hint_share(hint: str, sample: list[str]) -> float | None:
 
 
 def _finding(column: str, category: str, basis: str, share: float) -> Finding:
-    return Finding(column, category, basis, round(share, 4),
-                   dict(SUGGESTED_ACTION[category]))
+    return Finding(
+        column, category, basis, round(share, 4), dict(SUGGESTED_ACTION[category])
+    )
 
 
 def detect(table: pa.Table | pa.RecordBatch) -> list[Finding]:
@@ -279,8 +347,9 @@ def detect(table: pa.Table | pa.RecordBatch) -> list[Finding]:
         if finding is not None:
             findings.append(finding)
         elif is_quasi_identifier(name):
-            findings.append(Finding(name, "quasi_identifier", "name", 1.0,
-                                    {"action": "keep"}))
+            findings.append(
+                Finding(name, "quasi_identifier", "name", 1.0, {"action": "keep"})
+            )
     return findings
 
 

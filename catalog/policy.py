@@ -23,11 +23,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from citymesh.catalog.codes import CodeList, shared_codes
 from citymesh.catalog.deid import check_rules
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.pii import personal_columns
+
 from citymesh.errors import InvalidInput, PolicyViolation
 
 FILTER_OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
@@ -46,7 +46,9 @@ class ExtractRequest:
     def from_json(cls, data: dict[str, Any]) -> ExtractRequest:
         """Build a request from its JSON form, checking field types."""
         if not isinstance(data, dict):
-            raise InvalidInput(f"an extract request must be a JSON object, got {data!r}")
+            raise InvalidInput(
+                f"an extract request must be a JSON object, got {data!r}"
+            )
         dataset_id = data.get("dataset_id")
         purpose = data.get("purpose")
         if not isinstance(dataset_id, str) or not dataset_id:
@@ -57,7 +59,8 @@ class ExtractRequest:
             )
         columns = data.get("columns")
         if columns is not None and (
-            not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+            not isinstance(columns, list)
+            or not all(isinstance(c, str) for c in columns)
         ):
             raise InvalidInput(f"invalid columns {columns!r}: give a list of names")
         row_filter = data.get("filter") or []
@@ -183,8 +186,7 @@ def filter_expression(
     for condition in conditions:
         if not isinstance(condition, list | tuple) or len(condition) != 3:
             raise InvalidInput(
-                f"invalid filter condition {condition!r}: use [column, operator, "
-                "value]"
+                f"invalid filter condition {condition!r}: use [column, operator, value]"
             )
         column, operator, value = condition
         if column not in available:
@@ -210,7 +212,9 @@ def filter_expression(
 def _term(field_ref: pc.Expression, operator: str, value: Any) -> pc.Expression:
     if operator in ("in", "not in"):
         if not isinstance(value, list):
-            raise InvalidInput(f"operator {operator!r} needs a list value, got {value!r}")
+            raise InvalidInput(
+                f"operator {operator!r} needs a list value, got {value!r}"
+            )
         term = field_ref.isin(pa.array(value))
         return ~term if operator == "not in" else term
     if isinstance(value, list | dict):

@@ -146,6 +146,21 @@ class CatalogStore:
             )
         return entry
 
+    def update_policy(self, dataset_id: str, policy: dict[str, Any]) -> DatasetEntry:
+        """Replace the policy of an entry and return the updated entry."""
+        with Session(self.write_engine, expire_on_commit=False) as session:
+            entry = session.get(DatasetEntry, dataset_id)
+            if entry is None:
+                raise NotFound(
+                    f"dataset {dataset_id!r} is not in this catalog: search the "
+                    "catalog for the ids it holds"
+                )
+            entry.policy = dict(policy)
+            session.add(entry)
+            session.commit()
+        log.info("policy of %s updated", dataset_id)
+        return entry
+
     def exists(self, dataset_id: str) -> bool:
         """Return whether an entry with ``dataset_id`` exists."""
         with Session(self.engine) as session:

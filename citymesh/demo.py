@@ -204,6 +204,11 @@ def _train(
 ) -> dict[str, Any]:
     from citymesh.federation import JobSpec, run_job, train_centralized
 
+    if not logger.isEnabledFor(logging.DEBUG):
+        # Flower sets its logger's level when imported; its per-round summary repeats
+        # what the demo prints.
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+
     spec = JobSpec.from_dict(
         {
             "name": "late-arrivals",

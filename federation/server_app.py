@@ -84,7 +84,8 @@ def run_rounds(
     spec = load_spec(context.run_config)
     output_dir = Path(str(context.run_config.get("output-dir", ".")))
     output_dir.mkdir(parents=True, exist_ok=True)
-    max_norm = context.run_config.get("max-update-norm")
+    # A deployment's run config always has the key; 0 there means no limit.
+    max_norm = float(context.run_config.get("max-update-norm", 0.0)) or None
 
     encoding = federated_encoding(grid, spec)
     model = build_model(spec.model, encoding.width, seed=spec.seed)
@@ -93,7 +94,7 @@ def run_rounds(
     strategy = CityFedAvg(
         min_nodes=spec.min_nodes,
         fraction_train=spec.fraction_train,
-        max_update_norm=float(max_norm) if max_norm is not None else None,
+        max_update_norm=max_norm,
         on_train=on_train,
         on_round=on_round,
     )

@@ -182,7 +182,7 @@ def _connect(rpc_url: str, timeout: float) -> Web3:
         rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None
     )
     w3 = Web3(provider)
-    # web3's validation middleware asks for eth_chainId before every eth_call and
+    # web3's validation middleware requests eth_chainId before every eth_call and
     # eth_estimateGas; ChainClient checks the chain id once instead. No ENS here.
     w3.middleware_onion.remove("validation")
     w3.middleware_onion.remove("ens_name_to_address")

@@ -4,7 +4,7 @@ A contract call that reverts returns revert data: Solidity's ``Error(string)``, 
 ``Panic(uint256)`` code, or a custom error such as
 ``AnchorOutOfSequence(address,uint64,uint64)``. ``RevertDecoder`` turns that data into a
 ``TransactionReverted`` (or one of its subclasses) whose message names the error, shows
-its arguments and tells how to fix the call.
+its arguments and states how to fix the call.
 """
 
 from __future__ import annotations

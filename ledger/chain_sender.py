@@ -224,8 +224,8 @@ class TransactionSender:
                 poll_latency=0.05,
             )
         except TimeExhausted as exc:
-            # The transaction may have been dropped, so the next send asks the chain
-            # for the nonce in place of trusting the local count.
+            # The transaction may have been dropped, so the next send reads the nonce
+            # from the chain in place of trusting the local count.
             with self._nonce.lock:
                 self._nonce.next_nonce = 0
             raise ReceiptTimeout(

@@ -207,14 +207,18 @@ def serve(
     port: int = DEFAULT_PORT,
     prefund: dict[str, int] | None = None,
     chain_id: int = DEFAULT_CHAIN_ID,
+    *,
+    durable: bool = True,
 ) -> None:
     """Open (or create) the chain in ``state_path`` and serve it until a signal.
 
     ``prefund`` maps hex addresses to wei and applies only when the file is new.
-    SIGINT and SIGTERM finish the requests in flight, then close the state file.
+    ``durable=False`` skips the fsync per block: a killed process loses nothing,
+    a power loss may lose the last blocks. SIGINT and SIGTERM finish the requests
+    in flight, then close the state file.
     """
     with EmbeddedChain(
-        Path(state_path), prefund=prefund, chain_id=chain_id
+        Path(state_path), prefund=prefund, chain_id=chain_id, durable=durable
     ) as chain:
         ChainServer(chain, host, port).run()
 
@@ -256,6 +260,11 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="fund an account in the genesis block (repeatable; new files only)",
     )
     parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="skip the fsync per block: survives a killed process, not a power loss",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", help="logging level (DEBUG logs every block)"
     )
     return parser
@@ -274,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=arguments.port,
             prefund=parse_prefund(arguments.prefund),
             chain_id=arguments.chain_id,
+            durable=not arguments.no_fsync,
         )
     except CitymeshError as error:
         logger.error("chain server failed: %s", error)

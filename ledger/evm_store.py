@@ -135,9 +135,15 @@ class SqliteKeyValueStore(BaseAtomicDB):
     commits or discards them. Callers serialize access: the object is not thread-safe.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, cache_entries: int = 200_000
+    ) -> None:
         self._connection = connection
         self._overlay: dict[bytes, object] = {}
+        # Committed values read or written recently. It stays coherent because this
+        # process is the file's only writer (ChainStore holds an exclusive flock).
+        self._cache: dict[bytes, bytes] = {}
+        self._cache_entries = cache_entries
 
     def __getitem__(self, key: bytes) -> bytes:
         value = self._overlay.get(key)
@@ -145,12 +151,21 @@ class SqliteKeyValueStore(BaseAtomicDB):
             raise KeyError(key)
         if value is not None:
             return value  # type: ignore[return-value]
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         row = self._connection.execute(
             "SELECT value FROM kv WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             raise KeyError(key)
+        self._remember(key, row[0])
         return row[0]
+
+    def _remember(self, key: bytes, value: bytes) -> None:
+        if len(self._cache) >= self._cache_entries:
+            self._cache.clear()  # cheaper than LRU upkeep on every read
+        self._cache[key] = value
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self._overlay[key] = bytes(value)
@@ -185,6 +200,15 @@ class SqliteKeyValueStore(BaseAtomicDB):
 
     def discard(self) -> None:
         """Drop every write since the last commit."""
+        self._overlay.clear()
+
+    def committed(self) -> None:
+        """Move the overlay into the read cache once its SQLite commit succeeded."""
+        for key, value in self._overlay.items():
+            if value is _DELETED:
+                self._cache.pop(key, None)
+            else:
+                self._remember(key, value)  # type: ignore[arg-type]
         self._overlay.clear()
 
     @property
@@ -292,7 +316,7 @@ class ChainStore:
                 connection.execute("ROLLBACK")
             self.kv.discard()
             raise
-        self.kv.discard()
+        self.kv.committed()
 
     def discard(self) -> None:
         """Drop uncommitted py-evm writes (after a failed or read-only operation)."""

@@ -47,7 +47,9 @@ ScenarioArgument = Annotated[
 ]
 SeedOption = Annotated[
     int | None,
-    typer.Option(help="Random seed for arrivals and work sizes [default: the scenario's]."),
+    typer.Option(
+        help="Random seed for arrivals and work sizes [default: the scenario's]."
+    ),
 ]
 HoursOption = Annotated[
     float | None,

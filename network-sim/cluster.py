@@ -31,7 +31,14 @@ class Cluster:
         for name in sites:
             site = topology.sites[name]
             self.pools_by_site[name] = [
-                Pool(env, site, spec, tally, batch_share=batch_share, queue_limit=queue_limit)
+                Pool(
+                    env,
+                    site,
+                    spec,
+                    tally,
+                    batch_share=batch_share,
+                    queue_limit=queue_limit,
+                )
                 for spec in site.pools
             ]
         self.pools = [pool for pools in self.pools_by_site.values() for pool in pools]

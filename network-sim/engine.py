@@ -23,7 +23,13 @@ from .network import FlowNetwork
 from .policies import ARCHITECTURE_NAMES, Architecture, default_architectures
 from .scenario import resolve_site
 from .specs import Scenario, SurgeSpec
-from .streams import FederatedStream, InferenceStream, Stream, TrainingStream, TransferStream
+from .streams import (
+    FederatedStream,
+    InferenceStream,
+    Stream,
+    TrainingStream,
+    TransferStream,
+)
 from .topology import Topology
 
 logger = logging.getLogger("citymesh.netsim")
@@ -38,7 +44,9 @@ _STREAM_CLASSES = {
 }
 
 
-def resolve_architecture(scenario: Scenario, architecture: Architecture | str) -> Architecture:
+def resolve_architecture(
+    scenario: Scenario, architecture: Architecture | str
+) -> Architecture:
     """Return the architecture object for a name in ARCHITECTURE_NAMES."""
     if isinstance(architecture, Architecture):
         return architecture
@@ -46,7 +54,8 @@ def resolve_architecture(scenario: Scenario, architecture: Architecture | str) -
         if candidate.name == architecture:
             return candidate
     raise ScenarioError(
-        f"unknown architecture {architecture!r}; use one of {', '.join(ARCHITECTURE_NAMES)}"
+        f"unknown architecture {architecture!r}; "
+        f"use one of {', '.join(ARCHITECTURE_NAMES)}"
     )
 
 
@@ -60,6 +69,7 @@ class Simulation:
         *,
         seed: int | None = None,
         hours: float | None = None,
+        trace: bool = False,
     ) -> None:
         if hours is not None and not hours > 0:
             raise ScenarioError(f"hours must be greater than 0, got {hours!r}")
@@ -71,6 +81,8 @@ class Simulation:
         self.env = simpy.Environment()
         self.tally = [0, 0, 0]
         self.events = 0
+        # (time_s, event, request, site or pool) for every step of every request
+        self.trace: list[tuple[float, str, str, str]] | None = [] if trace else None
 
         self.topology = Topology(scenario)
         self.placement = architecture.placement
@@ -83,6 +95,8 @@ class Simulation:
             self.placement.queue_limit,
         )
         self.placement.bind(self.cluster)
+        for pool in self.cluster.pools:
+            pool.trace = self.trace
         self.network = FlowNetwork(self.env)
         self.streams = self._build_streams()
         if architecture.scaler is not None:
@@ -121,26 +135,43 @@ class Simulation:
                         scenario.start_hour,
                         rng,
                     )
-                    cv = workload.size_cv if workload.kind == "transfer" else workload.work_cv
+                    cv = (
+                        workload.size_cv
+                        if workload.kind == "transfer"
+                        else workload.work_cv
+                    )
                     factors = work_factors(len(arrivals), cv, rng)
                     extra = {}
                     origin = f"{city.name}/{dept.name}"
                     if workload.kind == "transfer":
-                        destination = resolve_site(workload.destination, city.name, scenario)
-                        self.topology.route(origin, destination)  # fail early if unreachable
+                        destination = resolve_site(
+                            workload.destination, city.name, scenario
+                        )
+                        self.topology.route(
+                            origin, destination
+                        )  # fail early if unreachable
                         extra["destination"] = destination
                     if workload.kind == "federated":
                         partners = []
                         for partner in workload.partners:
-                            full = partner if "/" in partner else f"{city.name}/{partner}"
+                            full = (
+                                partner if "/" in partner else f"{city.name}/{partner}"
+                            )
                             self.topology.route(origin, full)
                             partners.append(departments[full])
                         extra["partners"] = partners
                     stream_class = _STREAM_CLASSES[workload.kind]
                     streams.append(
                         stream_class(
-                            self, workload, city.name, dept.name, dept.district,
-                            dept.category, arrivals, factors, **extra,
+                            self,
+                            workload,
+                            city.name,
+                            dept.name,
+                            dept.district,
+                            dept.category,
+                            arrivals,
+                            factors,
+                            **extra,
                         )
                     )
         return streams
@@ -192,7 +223,10 @@ class Simulation:
         events = 0
         logger.info(
             "run started: scenario %s, architecture %s, seed %s, %s h",
-            self.scenario.name, self.architecture.name, self.seed, self.hours,
+            self.scenario.name,
+            self.architecture.name,
+            self.seed,
+            self.hours,
         )
         started = time.perf_counter()
         while True:
@@ -213,7 +247,9 @@ class Simulation:
             on_progress(horizon, horizon)
         logger.info(
             "run finished: architecture %s, %s events in %.2f s",
-            self.architecture.name, events, wall_s,
+            self.architecture.name,
+            events,
+            wall_s,
         )
         return build_result(self, wall_s)
 

@@ -38,7 +38,9 @@ class Table:
         return f"{self.path}.{key}" if self.path else key
 
     def error(self, key: str, rule: str, value: Any) -> ScenarioError:
-        return ScenarioError(f"{self.source}: {self.key_path(key)} {rule}, got {value!r}")
+        return ScenarioError(
+            f"{self.source}: {self.key_path(key)} {rule}, got {value!r}"
+        )
 
     def has(self, key: str) -> bool:
         """Return whether the key is present, and accept it as a known key."""
@@ -50,7 +52,9 @@ class Table:
         if key in self.data:
             return self.data[key]
         if default is _MISSING:
-            raise ScenarioError(f"{self.source}: {self.key_path(key)} is missing; add it")
+            raise ScenarioError(
+                f"{self.source}: {self.key_path(key)} is missing; add it"
+            )
         return default
 
     def text(self, key: str, default: Any = _MISSING) -> str:
@@ -82,9 +86,7 @@ class Table:
             raise self.error(key, f"must be at most {maximum:g}", value)
         return value
 
-    def integer(
-        self, key: str, default: Any = _MISSING, *, minimum: int = 0
-    ) -> int:
+    def integer(self, key: str, default: Any = _MISSING, *, minimum: int = 0) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, "must be an integer", value)
@@ -126,7 +128,9 @@ class Table:
         work = {}
         for kind, time in value.items():
             if isinstance(time, bool) or not isinstance(time, int | float) or time <= 0:
-                raise self.error(f"{key}.{kind}", "must be a number greater than 0", time)
+                raise self.error(
+                    f"{key}.{kind}", "must be a number greater than 0", time
+                )
             work[kind] = float(time)
         return work
 

@@ -208,8 +208,12 @@ def build_result(sim: Simulation, wall_s: float) -> RunResult:
     workloads = [_workload_report([stream]) for stream in sim.streams]
     groups: dict[tuple[str, str], list] = {}
     for stream in sim.streams:
-        groups.setdefault((stream.workload.kind, stream.workload.name), []).append(stream)
-    workload_groups = [_workload_report(members) for _, members in sorted(groups.items())]
+        groups.setdefault((stream.workload.kind, stream.workload.name), []).append(
+            stream
+        )
+    workload_groups = [
+        _workload_report(members) for _, members in sorted(groups.items())
+    ]
     inference = [s for s in sim.streams if s.workload.kind == "inference"]
     latencies = (
         np.concatenate([np.frombuffer(s.durations, dtype=float) for s in inference])
@@ -231,7 +235,10 @@ def build_result(sim: Simulation, wall_s: float) -> RunResult:
         within_target=_share(sum(s.within_target for s in inference), requests),
         realtime_requests=sum(s.arrived for s in realtime),
         realtime_within_100ms=_share(
-            sum(int(np.sum(np.frombuffer(s.durations) <= 0.100 + 1e-12)) for s in realtime),
+            sum(
+                int(np.sum(np.frombuffer(s.durations) <= 0.100 + 1e-12))
+                for s in realtime
+            ),
             sum(s.arrived for s in realtime),
         ),
     )
@@ -286,7 +293,9 @@ def _workload_report(streams: list) -> WorkloadReport:
     """Summarize one stream, or several streams of one workload name."""
     first = streams[0]
     single = len(streams) == 1
-    durations = np.concatenate([np.frombuffer(s.durations, dtype=float) for s in streams])
+    durations = np.concatenate(
+        [np.frombuffer(s.durations, dtype=float) for s in streams]
+    )
     p50, p95, p99 = _percentiles(durations)
     realtime = first.workload.kind == "inference"
     dropped: Counter[str] = Counter()
@@ -325,8 +334,12 @@ def _district_reports(streams) -> list[DistrictReport]:
         grouped.setdefault(f"{stream.city}/{stream.district}", []).append(stream)
     reports = []
     for name, members in sorted(grouped.items()):
-        latencies = np.concatenate([np.frombuffer(s.durations, dtype=float) for s in members])
-        network = np.concatenate([np.frombuffer(s.network, dtype=float) for s in members])
+        latencies = np.concatenate(
+            [np.frombuffer(s.durations, dtype=float) for s in members]
+        )
+        network = np.concatenate(
+            [np.frombuffer(s.network, dtype=float) for s in members]
+        )
         reports.append(
             DistrictReport(
                 name=name,

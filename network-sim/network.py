@@ -46,7 +46,9 @@ class FlowNetwork:
         self._last = 0.0
         self._generation = 0
 
-    def send(self, route: Route, size_bytes: float, on_done: Callable[[], None]) -> None:
+    def send(
+        self, route: Route, size_bytes: float, on_done: Callable[[], None]
+    ) -> None:
         """Start a transfer; ``on_done`` runs when the transfer has completed."""
         self.in_flight += 1
         if size_bytes <= 0 or not route.links:
@@ -80,7 +82,9 @@ class FlowNetwork:
             return
         next_finish = float("inf")
         for flow in self.flows:
-            flow.rate = min(link.bandwidth_bps / link.flows for link in flow.route.links)
+            flow.rate = min(
+                link.bandwidth_bps / link.flows for link in flow.route.links
+            )
             next_finish = min(next_finish, flow.remaining / flow.rate)
         timer = self.env.timeout(max(next_finish, 0.0), self._generation)
         timer.callbacks.append(self._on_timer)

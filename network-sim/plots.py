@@ -16,13 +16,17 @@ from .metrics import RunResult  # noqa: E402
 QUANTILES = np.linspace(0, 1, 2001)
 
 
-def plot_utilization(results: list[RunResult], path: Path, start_hour: float = 0.0) -> Path:
+def plot_utilization(
+    results: list[RunResult], path: Path, start_hour: float = 0.0
+) -> Path:
     """Draw each run's utilization per time bin against the hour of the day."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
     for result in results:
         bins = len(result.utilization_timeline)
         hours = start_hour + (np.arange(bins) + 0.5) * result.bin_minutes / 60
-        axes.plot(hours, np.array(result.utilization_timeline) * 100, label=result.label)
+        axes.plot(
+            hours, np.array(result.utilization_timeline) * 100, label=result.label
+        )
     axes.set_xlabel("hour of the day")
     axes.set_ylabel("utilization of active units (%)")
     axes.set_title(f"{results[0].scenario}: utilization over the day")
@@ -57,7 +61,9 @@ def plot_latency(results: list[RunResult], path: Path) -> Path:
     return path
 
 
-def write_plots(results: list[RunResult], folder: Path, start_hour: float = 0.0) -> list[Path]:
+def write_plots(
+    results: list[RunResult], folder: Path, start_hour: float = 0.0
+) -> list[Path]:
     """Write utilization.png and latency.png into ``folder``; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     return [

@@ -62,7 +62,7 @@ class PlacementPolicy(ABC):
     # Helpers for subclasses ---------------------------------------------------
 
     def can_run(self, task: Task, pool: Pool, memory_factor: float = 1.0) -> bool:
-        """Return whether the pool has the unit kind, memory and units the task needs."""
+        """Return whether the pool has the kind, memory and units the task needs."""
         return (
             pool.kind in task.workload.work_s
             and task.memory_gb * memory_factor <= pool.memory_gb
@@ -72,7 +72,9 @@ class PlacementPolicy(ABC):
     def estimate_s(self, task: Task, pool: Pool, speedup: float = 1.0) -> float:
         """Estimate the task's response (inference) or turnaround (batch) time."""
         route = self.cluster.route(task.origin, pool.site.name)
-        work = task.workload.work_s[pool.kind] * task.work_factor / (pool.speed * speedup)
+        work = (
+            task.workload.work_s[pool.kind] * task.work_factor / (pool.speed * speedup)
+        )
         wait = pool.estimate_wait_s(task.realtime)
         if task.realtime:
             network = route.rtt_s + route.serialization_s(
@@ -101,7 +103,9 @@ class StaticPartition(PlacementPolicy):
     name = "static_partition"
 
     def sites(self, topology: Topology) -> list[str]:
-        return [site.name for site in topology.sites.values() if site.kind == "department"]
+        return [
+            site.name for site in topology.sites.values() if site.kind == "department"
+        ]
 
     def place(self, task: Task) -> Pool | None:
         return self.fastest(task, self.cluster.pools_at(task.origin))
@@ -136,7 +140,9 @@ class LatencyAware(PlacementPolicy):
 
     def sites(self, topology: Topology) -> list[str]:
         return [
-            site.name for site in topology.sites.values() if site.kind in ("hub", "edge")
+            site.name
+            for site in topology.sites.values()
+            if site.kind in ("hub", "edge")
         ]
 
     def place(self, task: Task) -> Pool | None:
@@ -150,7 +156,9 @@ class LatencyAware(PlacementPolicy):
         target_s = task.workload.target_ms / 1000
 
         best, best_time, best_edge = None, math.inf, False
-        edge_pools = self.cluster.pools_at(self.cluster.edge_of(task.city, task.district))
+        edge_pools = self.cluster.pools_at(
+            self.cluster.edge_of(task.city, task.district)
+        )
         for pool in edge_pools:
             if self.can_run(task, pool, memory_factor):
                 time = self.estimate_s(task, pool, speedup)

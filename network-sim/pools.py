@@ -56,6 +56,7 @@ class Pool:
         self.batch_share = batch_share
         self.queue_limit = queue_limit
         self.tally = tally
+        self.trace: list[tuple[float, str, str, str]] | None = None
 
         self.realtime_queue: deque[Task] = deque()
         self.batch_queue: deque[Task] = deque()
@@ -126,6 +127,8 @@ class Pool:
     def submit(self, task: Task) -> None:
         """Start the task now, or queue it; drop it if the real-time queue is full."""
         task.enqueued = self.env.now
+        if self.trace is not None:
+            self.trace.append((self.env.now, "submit", task.label, self.name))
         if task.realtime:
             if self.free > 0 and not self.realtime_queue:
                 self._start(task)
@@ -156,6 +159,8 @@ class Pool:
         finish = self.env.now + task.service_s
         heapq.heappush(self._finish_times, finish)
         task.started = self.env.now
+        if self.trace is not None:
+            self.trace.append((self.env.now, "start", task.label, self.name))
         timer = self.env.timeout(task.service_s, task)
         timer.callbacks.append(self._on_finish)
 
@@ -168,6 +173,8 @@ class Pool:
             self.batch_busy -= task.units
         if task.top:
             self.tally[RUNNING] -= 1
+        if self.trace is not None:
+            self.trace.append((self.env.now, "finish", task.label, self.name))
         task.stream.finish(task, self)
         self._dispatch()
 
@@ -191,7 +198,9 @@ class Pool:
         limit = self.batch_limit()
         while batch and self.free > 0:
             task = batch[0]
-            if task.units > self.free or self.batch_busy + task.units > max(limit, task.units):
+            if task.units > self.free or self.batch_busy + task.units > max(
+                limit, task.units
+            ):
                 break
             batch.popleft()
             self.batch_backlog_s -= task.service_s * task.units

@@ -22,12 +22,12 @@ def _duration(seconds: float | None, kind: str) -> str:
     if seconds is None:
         return "-"
     if kind == "inference":
-        return f"{seconds * 1000:,.1f} ms"
+        return f"{seconds * 1000:,.1f}ms"
     if seconds < 120:
-        return f"{seconds:,.1f} s"
+        return f"{seconds:,.1f}s"
     if seconds < 7200:
-        return f"{seconds / 60:,.1f} min"
-    return f"{seconds / 3600:,.2f} h"
+        return f"{seconds / 60:,.1f}min"
+    return f"{seconds / 3600:,.2f}h"
 
 
 def _dropped(workload: WorkloadReport) -> str:
@@ -52,8 +52,13 @@ def run_tables(result: RunResult) -> Group:
             (f"  {kind} utilization", _percent(value))
             for kind, value in result.utilization_by_kind.items()
         ),
-        ("inference p50 / p95 / p99 (ms)",
-         f"{_ms(inference.p50_ms)} / {_ms(inference.p95_ms)} / {_ms(inference.p99_ms)}"),
+        (
+            "inference p50 / p95 / p99 (ms)",
+            " / ".join(
+                _ms(value)
+                for value in (inference.p50_ms, inference.p95_ms, inference.p99_ms)
+            ),
+        ),
         ("inference within 50 ms", _percent(inference.within_50ms)),
         ("inference within 100 ms", _percent(inference.within_100ms)),
         ("inference within its target", _percent(inference.within_target)),
@@ -61,12 +66,16 @@ def run_tables(result: RunResult) -> Group:
         ("energy (kWh)", f"{result.energy_kwh:,.1f}"),
         ("cost per day", f"{result.cost_per_day:,.2f}"),
         ("bulk data moved (GB)", f"{result.network_gb:,.1f}"),
-        ("requests arrived / completed / dropped",
-         f"{result.conservation.arrived:,} / {result.conservation.completed:,} / "
-         f"{result.conservation.dropped:,}"),
-        ("in progress at the end (transit / queued / running)",
-         f"{result.conservation.in_transit} / {result.conservation.queued} / "
-         f"{result.conservation.running}"),
+        (
+            "requests arrived / completed / dropped",
+            f"{result.conservation.arrived:,} / {result.conservation.completed:,} / "
+            f"{result.conservation.dropped:,}",
+        ),
+        (
+            "in progress at the end (transit / queued / running)",
+            f"{result.conservation.in_transit} / {result.conservation.queued} / "
+            f"{result.conservation.running}",
+        ),
         ("events / wall time", f"{result.events:,} / {result.wall_s:.2f} s"),
     ]
     for name, value in rows:
@@ -85,14 +94,23 @@ def run_tables(result: RunResult) -> Group:
             f"{pool.cost:,.2f}",
         )
 
-    workloads = Table(title="Workloads (all departments)")
-    for column in ("workload", "kind", "arrived", "done", "dropped", "p50", "p95", "p99",
-                   "within target"):
-        workloads.add_column(column, justify="left" if column in ("workload", "kind") else "right")
+    workloads = Table(title="Workloads, all departments (inference times in ms)")
+    for column in (
+        "workload",
+        "arrived",
+        "done",
+        "dropped",
+        "p50",
+        "p95",
+        "p99",
+        "in target",
+    ):
+        workloads.add_column(
+            column, justify="left" if column == "workload" else "right"
+        )
     for group in result.workload_groups:
         workloads.add_row(
             group.name,
-            group.kind,
             f"{group.arrived:,}",
             f"{group.completed:,}",
             _dropped(group),
@@ -104,7 +122,9 @@ def run_tables(result: RunResult) -> Group:
 
     districts = Table(title="Inference by district of origin")
     for column in ("district", "requests", "p99 ms", "network p99 ms"):
-        districts.add_column(column, justify="left" if column == "district" else "right")
+        districts.add_column(
+            column, justify="left" if column == "district" else "right"
+        )
     for district in result.districts:
         districts.add_row(
             district.name,
@@ -120,10 +140,21 @@ def comparison_tables(comparison: Comparison) -> Group:
     table = Table(
         title=f"{comparison.scenario}: seed {comparison.seed}, {comparison.hours:g} h"
     )
-    columns = ("architecture", "mean util", "p99 ms", "<=50 ms", "<=100 ms",
-               "in target", "dropped", "kWh/day", "cost/day")
+    columns = (
+        "architecture",
+        "mean util",
+        "p99 ms",
+        "<=50 ms",
+        "<=100 ms",
+        "in target",
+        "dropped",
+        "kWh/day",
+        "cost/day",
+    )
     for column in columns:
-        table.add_column(column, justify="left" if column == "architecture" else "right")
+        table.add_column(
+            column, justify="left" if column == "architecture" else "right"
+        )
     for result in comparison.results:
         per_day = 24 / result.hours
         table.add_row(
@@ -150,7 +181,9 @@ def comparison_tables(comparison: Comparison) -> Group:
             measured = f"{claim.measured:+.0%}"
         else:
             measured = f"{claim.measured:.1%}"
-        claims.add_row(claim.claim, measured, claim.required, "yes" if claim.supported else "no")
+        claims.add_row(
+            claim.claim, measured, claim.required, "yes" if claim.supported else "no"
+        )
     return Group(table, claims) if comparison.claims else Group(table)
 
 

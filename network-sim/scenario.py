@@ -67,7 +67,9 @@ def load_scenario(source: str | Path) -> Scenario:
             f"scenario file {str(path)!r} not found; check the path"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError(f"scenario file {str(path)!r} cannot be read: {error}") from None
+        raise ScenarioError(
+            f"scenario file {str(path)!r} cannot be read: {error}"
+        ) from None
     return parse_scenario(text, path.name)
 
 
@@ -95,7 +97,10 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
         for key in list(pattern_table.data):
             values = pattern_table.numbers(key)
             pattern_table.check(
-                len(values) == HOURS_PER_DAY, key, "must list 24 hourly multipliers", values
+                len(values) == HOURS_PER_DAY,
+                key,
+                "must list 24 hourly multipliers",
+                values,
             )
             patterns[key] = values
         pattern_table.finish()
@@ -147,7 +152,10 @@ def _parse_pool(table: Table) -> PoolSpec:
     if table.has("min_active"):
         min_active = table.integer("min_active")
         table.check(
-            min_active <= count, "min_active", f"must be at most count {count}", min_active
+            min_active <= count,
+            "min_active",
+            f"must be at most count {count}",
+            min_active,
         )
     kind = table.text("kind")
     pool = PoolSpec(
@@ -181,7 +189,9 @@ def _parse_pools(table: Table, key: str) -> tuple[PoolSpec, ...]:
 def _parse_workload(table: Table, patterns: dict, scale: float) -> WorkloadSpec:
     name = table.text("name")
     kind = table.text("kind")
-    table.check(kind in WORKLOAD_KINDS, "kind", f"must be one of {WORKLOAD_KINDS}", kind)
+    table.check(
+        kind in WORKLOAD_KINDS, "kind", f"must be one of {WORKLOAD_KINDS}", kind
+    )
 
     has_hour = table.has("rate_per_hour")
     has_day = table.has("rate_per_day")
@@ -190,12 +200,21 @@ def _parse_workload(table: Table, patterns: dict, scale: float) -> WorkloadSpec:
         has_hour + has_day + has_times == 1,
         "rate_per_hour",
         "needs exactly one of rate_per_hour, rate_per_day or at_s",
-        {key: table.data[key] for key in ("rate_per_hour", "rate_per_day", "at_s") if key in table.data},
+        {
+            key: table.data[key]
+            for key in ("rate_per_hour", "rate_per_day", "at_s")
+            if key in table.data
+        },
     )
     rate = table.number("rate_per_hour", 0.0) + table.number("rate_per_day", 0.0) / 24
     at_s = table.numbers("at_s") if has_times else None
     pattern = table.text("pattern", "flat")
-    table.check(pattern in patterns, "pattern", f"must name a pattern ({', '.join(sorted(patterns))})", pattern)
+    table.check(
+        pattern in patterns,
+        "pattern",
+        f"must name a pattern ({', '.join(sorted(patterns))})",
+        pattern,
+    )
 
     fields: dict[str, Any] = {}
     if kind == "inference":
@@ -216,14 +235,24 @@ def _parse_workload(table: Table, patterns: dict, scale: float) -> WorkloadSpec:
         fields["work_s"] = dict(table.work("round_work_s"))
         fields["rounds"] = table.integer("rounds", 1, minimum=1)
         fields["partners"] = table.texts("partners")
-        table.check(bool(fields["partners"]), "partners", "must name at least one partner department", [])
+        table.check(
+            bool(fields["partners"]),
+            "partners",
+            "must name at least one partner department",
+            [],
+        )
         fields["model_mb"] = table.number("model_mb", 0.0)
     if kind != "transfer":
         fields["work_cv"] = table.number("work_cv", 0.0)
         fields["memory_gb"] = table.number("memory_gb", 0.0)
     table.finish()
     return WorkloadSpec(
-        name=name, kind=kind, rate_per_hour=rate * scale, pattern=pattern, at_s=at_s, **fields
+        name=name,
+        kind=kind,
+        rate_per_hour=rate * scale,
+        pattern=pattern,
+        at_s=at_s,
+        **fields,
     )
 
 
@@ -232,7 +261,12 @@ def _parse_department(
 ) -> DepartmentSpec:
     name = table.text("name")
     district = table.text("district")
-    table.check(district in districts, "district", f"must name a district of this city ({', '.join(sorted(districts))})", district)
+    table.check(
+        district in districts,
+        "district",
+        f"must name a district of this city ({', '.join(sorted(districts))})",
+        district,
+    )
     scale = table.number("scale", 1.0, positive=True)
 
     workloads: list[WorkloadSpec] = []
@@ -242,16 +276,25 @@ def _parse_department(
         profile_name = table.text("profile")
         if not profiles.has(profile_name):
             known = ", ".join(sorted(profiles.data)) or "none defined"
-            raise table.error("profile", f"must name a table in [profiles] ({known})", profile_name)
-        profile = Table(profiles.data[profile_name], f"profiles.{profile_name}", profiles.source)
+            raise table.error(
+                "profile", f"must name a table in [profiles] ({known})", profile_name
+            )
+        profile = Table(
+            profiles.data[profile_name], f"profiles.{profile_name}", profiles.source
+        )
         category = profile.text("category", profile_name)
         local_pools = _parse_pools(profile, "local_pools")
-        workloads += [_parse_workload(item, patterns, scale) for item in profile.tables("workloads", [])]
+        workloads += [
+            _parse_workload(item, patterns, scale)
+            for item in profile.tables("workloads", [])
+        ]
         profile.finish()
     category = table.text("category", category)
     if table.has("local_pools"):
         local_pools = _parse_pools(table, "local_pools")
-    workloads += [_parse_workload(item, patterns, scale) for item in table.tables("workloads", [])]
+    workloads += [
+        _parse_workload(item, patterns, scale) for item in table.tables("workloads", [])
+    ]
     _check_unique([workload.name for workload in workloads], table, "workloads")
     table.finish()
     return DepartmentSpec(
@@ -292,7 +335,9 @@ def _parse_city(table: Table, profiles: Table, patterns: dict) -> CitySpec:
     names = [HUB] + [d.name for d in districts] + [d.name for d in departments]
     _check_unique(names, table, "districts and departments names (and 'hub')")
     for site in names:
-        table.check("/" not in site, "departments", "site names must not contain '/'", site)
+        table.check(
+            "/" not in site, "departments", "site names must not contain '/'", site
+        )
     city = CitySpec(
         name=name,
         hub_pools=_parse_pools(table, "hub_pools"),
@@ -301,7 +346,9 @@ def _parse_city(table: Table, profiles: Table, patterns: dict) -> CitySpec:
         hub_pue=table.number("hub_pue", 1.3, minimum=1.0),
         department_pue=table.number("department_pue", 1.8, minimum=1.0),
         hub_site_cost_per_hour=table.number("hub_site_cost_per_hour", 0.0),
-        department_site_cost_per_hour=table.number("department_site_cost_per_hour", 0.0),
+        department_site_cost_per_hour=table.number(
+            "department_site_cost_per_hour", 0.0
+        ),
     )
     table.finish()
     return city
@@ -329,7 +376,12 @@ def _parse_surge(table: Table) -> SurgeSpec:
         cities=table.texts("cities", ()),
     )
     for kind in surge.kinds:
-        table.check(kind in WORKLOAD_KINDS, "kinds", f"must list kinds from {WORKLOAD_KINDS}", kind)
+        table.check(
+            kind in WORKLOAD_KINDS,
+            "kinds",
+            f"must list kinds from {WORKLOAD_KINDS}",
+            kind,
+        )
     table.finish()
     return surge
 
@@ -372,11 +424,31 @@ def resolve_site(name: str, city: str, scenario: Scenario) -> str | None:
     return full if full in site_names(scenario) else None
 
 
+def _check_workload_references(
+    where: str, workload: WorkloadSpec, city: str, scenario: Scenario
+) -> None:
+    if workload.kind == "transfer":
+        if resolve_site(workload.destination, city, scenario) is None:
+            raise ScenarioError(
+                f"{where}: destination {workload.destination!r} is not a site; "
+                "use 'hub', a district, a department or city/site"
+            )
+    departments = {
+        f"{other.name}/{dept.name}"
+        for other in scenario.cities
+        for dept in other.departments
+    }
+    for partner in workload.partners:
+        full = partner if "/" in partner else f"{city}/{partner}"
+        if full not in departments:
+            raise ScenarioError(
+                f"{where}: partner {partner!r} is not a department; "
+                "use a department name or city/department"
+            )
+
+
 def _check_references(scenario: Scenario, source: str) -> None:
     sites = site_names(scenario)
-    departments = {
-        f"{city.name}/{dept.name}" for city in scenario.cities for dept in city.departments
-    }
     for index, link in enumerate(scenario.links):
         for end in (link.a, link.b):
             if end not in sites:
@@ -387,20 +459,11 @@ def _check_references(scenario: Scenario, source: str) -> None:
     for city in scenario.cities:
         for dept in city.departments:
             for workload in dept.workloads:
-                where = f"{source}: department {city.name}/{dept.name} workload {workload.name!r}"
-                if workload.kind == "transfer":
-                    if resolve_site(workload.destination, city.name, scenario) is None:
-                        raise ScenarioError(
-                            f"{where}: destination {workload.destination!r} is not a site; "
-                            "use 'hub', a district, a department or city/site"
-                        )
-                for partner in workload.partners:
-                    full = partner if "/" in partner else f"{city.name}/{partner}"
-                    if full not in departments:
-                        raise ScenarioError(
-                            f"{where}: partner {partner!r} is not a department; "
-                            "use a department name or city/department"
-                        )
+                where = (
+                    f"{source}: department {city.name}/{dept.name} "
+                    f"workload {workload.name!r}"
+                )
+                _check_workload_references(where, workload, city.name, scenario)
     for index, surge in enumerate(scenario.surges):
         for city_name in surge.cities:
             if city_name not in {city.name for city in scenario.cities}:

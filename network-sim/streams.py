@@ -70,6 +70,9 @@ class Stream:
 
     def drop(self, task: Task | None, reason: str) -> None:
         self.dropped[reason] += 1
+        trace = self.sim.trace
+        if trace is not None and task is not None:
+            trace.append((self.sim.env.now, f"drop:{reason}", task.label, task.origin))
 
 
 class InferenceStream(Stream):
@@ -83,9 +86,17 @@ class InferenceStream(Stream):
         sim = self.sim
         self.arrived += 1
         task = Task(
-            self, self.workload, self.origin, self.city, self.district,
-            sim.env.now, self.factors[index],
+            self,
+            self.workload,
+            self.origin,
+            self.city,
+            self.district,
+            sim.env.now,
+            self.factors[index],
+            index=index,
         )
+        if sim.trace is not None:
+            sim.trace.append((sim.env.now, "arrive", task.label, self.origin))
         pool = sim.placement.place(task)
         if pool is None:
             self.drop(task, DROP_NO_POOL)
@@ -137,9 +148,17 @@ class TrainingStream(Stream):
         sim = self.sim
         self.arrived += 1
         task = Task(
-            self, self.workload, self.origin, self.city, self.district,
-            sim.env.now, self.factors[index],
+            self,
+            self.workload,
+            self.origin,
+            self.city,
+            self.district,
+            sim.env.now,
+            self.factors[index],
+            index=index,
         )
+        if sim.trace is not None:
+            sim.trace.append((sim.env.now, "arrive", task.label, self.origin))
         pool = sim.placement.place(task)
         if pool is None:
             self.drop(task, DROP_NO_POOL)
@@ -179,6 +198,9 @@ class TransferStream(Stream):
         created = sim.env.now
         route = sim.cluster.route(self.origin, self.destination)
         sim.tally[IN_TRANSIT] += 1
+        label = f"{self.name}#{index}"
+        if sim.trace is not None:
+            sim.trace.append((created, "send", label, self.destination))
 
         def delivered() -> None:
             sim.tally[IN_TRANSIT] -= 1
@@ -186,8 +208,12 @@ class TransferStream(Stream):
             elapsed = sim.env.now - created
             self.durations.append(elapsed)
             self.network.append(elapsed)
+            if sim.trace is not None:
+                sim.trace.append((sim.env.now, "delivered", label, self.destination))
 
-        sim.network.send(route, self.workload.size_gb * 1e9 * self.factors[index], delivered)
+        sim.network.send(
+            route, self.workload.size_gb * 1e9 * self.factors[index], delivered
+        )
 
     def finish(self, task: Task, pool: Pool) -> None:
         raise AssertionError("transfers run no tasks")
@@ -206,20 +232,34 @@ class FederatedStream(Stream):
         sim = self.sim
         self.arrived += 1
         sim.tally[RUNNING] += 1
-        sim.env.process(self._job(sim.env.now, self.factors[index]))
+        sim.env.process(self._job(index, sim.env.now, self.factors[index]))
 
-    def _job(self, created: float, factor: float) -> Generator:
+    def _job(self, index: int, created: float, factor: float) -> Generator:
         sim = self.sim
-        participants = [(self.city, self.department, self.district), *self.partners]
-        coordinator = sim.placement.place(
-            Task(self, self.workload, self.origin, self.city, self.district, created, factor)
+        job = Task(
+            self,
+            self.workload,
+            self.origin,
+            self.city,
+            self.district,
+            created,
+            factor,
+            index=index,
         )
-        for _ in range(self.workload.rounds):
+        if sim.trace is not None:
+            sim.trace.append((created, "arrive", job.label, self.origin))
+        participants = [(self.city, self.department, self.district), *self.partners]
+        coordinator = sim.placement.place(job)
+        for number in range(self.workload.rounds):
             if coordinator is None:
                 break
             round_start = sim.env.now
             rounds = [
-                sim.env.process(self._client(coordinator, city, dept, district, factor))
+                sim.env.process(
+                    self._client(
+                        job.label, number, coordinator, city, dept, district, factor
+                    )
+                )
                 for city, dept, district in participants
             ]
             results = yield sim.env.all_of(rounds)
@@ -227,22 +267,33 @@ class FederatedStream(Stream):
                 coordinator = None
                 break
             self.round_times.append(sim.env.now - round_start)
+            if sim.trace is not None:
+                sim.trace.append((sim.env.now, "round", job.label, coordinator.name))
 
         sim.tally[RUNNING] -= 1
         if coordinator is None:
-            self.dropped[DROP_NO_POOL] += 1
+            self.drop(job, DROP_NO_POOL)
             return
         self.completed += 1
         self.durations.append(sim.env.now - created)
+        if sim.trace is not None:
+            sim.trace.append((sim.env.now, "finish", job.label, coordinator.name))
 
     def _client(
-        self, coordinator: Pool, city: str, department: str, district: str, factor: float
+        self,
+        job: str,
+        number: int,
+        coordinator: Pool,
+        city: str,
+        department: str,
+        district: str,
+        factor: float,
     ) -> Generator:
         sim = self.sim
         origin = f"{city}/{department}"
+        owner = _RoundOwner(sim.env, f"{job}/round{number}/{origin}")
         task = Task(
-            _RoundOwner(sim.env), self.workload, origin, city, district,
-            sim.env.now, factor, top=False,
+            owner, self.workload, origin, city, district, sim.env.now, factor, top=False
         )
         pool = sim.placement.place(task)
         if pool is None:
@@ -264,8 +315,9 @@ class FederatedStream(Stream):
 class _RoundOwner:
     """Owner of one participant's local training in a federated round."""
 
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: simpy.Environment, name: str) -> None:
         self.done = env.event()
+        self.name = name
 
     def finish(self, task: Task, pool: Pool) -> None:
         self.done.succeed()

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 class TaskOwner(Protocol):
     """The stream or job that created a task and records what becomes of it."""
 
+    name: str
+
     def finish(self, task: Task, pool: Pool) -> None: ...
 
     def drop(self, task: Task, reason: str) -> None: ...
@@ -44,6 +46,7 @@ class Task:
         "max_wait_s",
         "return_s",
         "network_s",
+        "index",
     )
 
     def __init__(
@@ -57,6 +60,7 @@ class Task:
         work_factor: float = 1.0,
         *,
         top: bool = True,
+        index: int = 0,
     ) -> None:
         self.stream = stream
         self.workload = workload
@@ -76,6 +80,11 @@ class Task:
         self.max_wait_s = workload.max_wait_ms / 1000
         self.return_s = 0.0
         self.network_s = 0.0
+        self.index = index  # arrival number within the stream, for traces
+
+    @property
+    def label(self) -> str:
+        return f"{self.stream.name}#{self.index}"
 
     @property
     def memory_gb(self) -> float:
@@ -83,4 +92,8 @@ class Task:
 
     def work_on(self, pool: Pool) -> float:
         """Return the service time in seconds on one of the pool's units."""
-        return self.workload.work_s[pool.kind] * self.work_factor / (pool.speed * self.speedup)
+        return (
+            self.workload.work_s[pool.kind]
+            * self.work_factor
+            / (pool.speed * self.speedup)
+        )

@@ -23,7 +23,9 @@ class Link:
 
     __slots__ = ("name", "a", "b", "latency_s", "bandwidth_bps", "flows")
 
-    def __init__(self, a: str, b: str, latency_ms: float, bandwidth_gbps: float) -> None:
+    def __init__(
+        self, a: str, b: str, latency_ms: float, bandwidth_gbps: float
+    ) -> None:
         self.name = f"{a}<->{b}"
         self.a = a
         self.b = b
@@ -74,16 +76,27 @@ class Topology:
 
         for city in scenario.cities:
             hub = f"{city.name}/{HUB}"
-            self._add_site(SiteSpec(
-                    hub, city.name, "hub", "", city.hub_pools, city.hub_pue,
+            self._add_site(
+                SiteSpec(
+                    hub,
+                    city.name,
+                    "hub",
+                    "",
+                    city.hub_pools,
+                    city.hub_pue,
                     city.hub_site_cost_per_hour,
-                ))
+                )
+            )
             for district in city.districts:
                 edge = f"{city.name}/{district.name}"
                 self._add_site(
                     SiteSpec(
-                        edge, city.name, "edge", district.name,
-                        district.edge_pools, district.edge_pue,
+                        edge,
+                        city.name,
+                        "edge",
+                        district.name,
+                        district.edge_pools,
+                        district.edge_pue,
                         district.edge_site_cost_per_hour,
                     )
                 )
@@ -93,8 +106,12 @@ class Topology:
                 site = f"{city.name}/{dept.name}"
                 self._add_site(
                     SiteSpec(
-                        site, city.name, "department", dept.district,
-                        dept.local_pools, city.department_pue,
+                        site,
+                        city.name,
+                        "department",
+                        dept.district,
+                        dept.local_pools,
+                        city.department_pue,
                         city.department_site_cost_per_hour,
                     )
                 )
@@ -112,7 +129,9 @@ class Topology:
         self.sites[site.name] = site
         self._neighbours[site.name] = []
 
-    def _add_link(self, a: str, b: str, latency_ms: float, bandwidth_gbps: float) -> None:
+    def _add_link(
+        self, a: str, b: str, latency_ms: float, bandwidth_gbps: float
+    ) -> None:
         link = Link(a, b, latency_ms, bandwidth_gbps)
         self.links.append(link)
         self._neighbours[a].append((b, link))

@@ -10,6 +10,12 @@ Endpoints and their authentication:
 - POST /catalog/ingest         operator token; the body is the file
 - GET  /ledger/events          signed by a registered, active node
 - POST /ledger/anchor          operator token
+- PUT  /catalog/datasets/{id}/policy   operator token
+- POST /exchange/extract       signed by a city node or hub; streams Arrow IPC
+- GET  /exchange/{id}/receipt  signed by the extract's consumer
+- POST /exchange/{id}/receipt  signed by the extract's consumer
+- GET, POST /exchange/approvals, DELETE /exchange/approvals/{id}
+                               operator token
 """
 
 # No "from __future__ import annotations" here: FastAPI reads the Annotated
@@ -26,14 +32,16 @@ from typing import Annotated, Any
 
 import anyio
 from citymesh.catalog.ingest import FileTooLarge
+from citymesh.catalog.policy import ExtractRequest
 from citymesh.catalog.readers import FORMATS
 from citymesh.catalog.store import DuplicateDataset, SearchQuery
 from citymesh.node.context import NodeContext
+from citymesh.node.exchange import ARROW_STREAM_MEDIA_TYPE
 from citymesh.node.settings import NodeSettings
 from citymesh.node.signing import SIGNED_HEADERS, SignerInfo, SignerResolver
 from citymesh.node.usage import ANONYMOUS
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from citymesh.errors import (
@@ -48,6 +56,9 @@ from citymesh.errors import (
 log = logging.getLogger("citymesh.node")
 
 UPLOAD_FOLDER = ".incoming"
+EXCHANGE_HEADER = "X-Citymesh-Exchange-Id"
+ROLE_CITY_NODE = 1
+ROLE_HUB = 2
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (FileTooLarge, 413),
     (DuplicateDataset, 409),
@@ -92,6 +103,7 @@ def create_app(
     async def lifespan(_app: FastAPI):
         log.info("node %s started, account %s", settings.city, context.identity.account)
         yield
+        context.exchange.sweep(max_age_s=0)
         context.close()
         log.info("node %s stopped", settings.city)
 
@@ -236,7 +248,87 @@ def create_app(
         head = await run_in_threadpool(context.usage.head)
         return {"batches": to_jsonable(batches), "head": head}
 
+    @app.put("/catalog/datasets/{dataset_id}/policy", dependencies=[Depends(operator)])
+    async def set_policy(dataset_id: str, request: Request) -> dict[str, Any]:
+        policy = await _json_object(request)
+        entry = await run_in_threadpool(context.set_policy, dataset_id, policy)
+        return entry.public()
+
+    @app.post("/exchange/extract")
+    async def extract(
+        request: Request, signer: Annotated[SignerInfo, Depends(signed)]
+    ) -> StreamingResponse:
+        if signer.role not in (ROLE_CITY_NODE, ROLE_HUB):
+            raise AuthError(
+                f"signer {signer.account!r} has role {signer.role}: only city nodes "
+                "and hubs may request extracts"
+            )
+        body = ExtractRequest.from_json(await _json_object(request))
+        exchange_id, chunks = await run_in_threadpool(
+            context.exchange.open_extract, body, signer
+        )
+        return StreamingResponse(
+            chunks,
+            media_type=ARROW_STREAM_MEDIA_TYPE,
+            headers={EXCHANGE_HEADER: exchange_id},
+        )
+
+    @app.get("/exchange/{exchange_id}/receipt")
+    async def receipt(
+        exchange_id: str, signer: Annotated[SignerInfo, Depends(signed)]
+    ) -> dict[str, Any]:
+        return context.exchange.receipt(exchange_id, signer)
+
+    @app.post("/exchange/{exchange_id}/receipt")
+    async def confirm(
+        exchange_id: str,
+        request: Request,
+        signer: Annotated[SignerInfo, Depends(signed)],
+    ) -> dict[str, Any]:
+        body = await _json_object(request)
+        signature = body.get("signature")
+        if not isinstance(signature, str):
+            raise InvalidInput(
+                f"invalid receipt {body!r}: send {{'signature': <hex Ed25519>}}"
+            )
+        entry = await run_in_threadpool(
+            context.exchange.confirm, exchange_id, signer, signature
+        )
+        return to_jsonable(entry)
+
+    @app.get("/exchange/approvals", dependencies=[Depends(operator)])
+    async def approvals() -> dict[str, Any]:
+        items = await run_in_threadpool(context.approvals.all)
+        return {"approvals": [item.model_dump() for item in items]}
+
+    @app.post("/exchange/approvals", dependencies=[Depends(operator)])
+    async def approve(request: Request) -> JSONResponse:
+        body = await _json_object(request)
+        approval = await run_in_threadpool(
+            context.approve,
+            str(body.get("dataset_id", "")),
+            str(body.get("consumer", "")),
+            str(body.get("purpose", "")),
+            body.get("expires_at"),
+        )
+        return JSONResponse(approval.model_dump(), status_code=201)
+
+    @app.delete("/exchange/approvals/{approval_id}", dependencies=[Depends(operator)])
+    async def revoke_approval(approval_id: str) -> dict[str, Any]:
+        approval = await run_in_threadpool(context.approvals.revoke, approval_id)
+        return approval.model_dump()
+
     return app
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        value = json.loads(await request.body() or b"{}")
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"invalid JSON body: {error}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"invalid JSON body {value!r}: send a JSON object")
+    return value
 
 
 async def _receive_upload(request: Request, settings: NodeSettings, fmt: str) -> Path:

@@ -79,7 +79,7 @@ class ApprovalStore:
             Approval.dataset_id == dataset_id,
             Approval.consumer == consumer.lower(),
             Approval.purpose == purpose,
-            Approval.revoked == False,  # noqa: E712 - SQL comparison
+            Approval.revoked == False,
         )
         with Session(self.engine, expire_on_commit=False) as session:
             for approval in session.exec(statement):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import pyarrow as pa
 from citymesh.catalog.codes import UnknownCode
 from citymesh.catalog.ingest import FileTooLarge
 from citymesh.catalog.names import UnsafeName
@@ -214,6 +218,149 @@ class NodeClient:
         return self._request(
             "POST", "/ledger/anchor", operator=True, params=params
         ).json()
+
+    def set_policy(self, dataset_id: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """PUT /catalog/datasets/{id}/policy (operator token)."""
+        return self._request(
+            "PUT",
+            f"/catalog/datasets/{dataset_id}/policy",
+            operator=True,
+            json=policy,
+        ).json()
+
+    def approve(
+        self,
+        dataset_id: str,
+        consumer: str,
+        purpose: str,
+        expires_at: float | None = None,
+    ) -> dict[str, Any]:
+        """POST /exchange/approvals (operator token): allow one consumer's extracts."""
+        body = {
+            "dataset_id": dataset_id,
+            "consumer": consumer,
+            "purpose": purpose,
+            "expires_at": expires_at,
+        }
+        return self._request(
+            "POST", "/exchange/approvals", operator=True, json=body
+        ).json()
+
+    def approvals(self) -> list[dict[str, Any]]:
+        """GET /exchange/approvals (operator token)."""
+        return self._request("GET", "/exchange/approvals", operator=True).json()[
+            "approvals"
+        ]
+
+    def revoke_approval(self, approval_id: str) -> dict[str, Any]:
+        """DELETE /exchange/approvals/{id} (operator token)."""
+        return self._request(
+            "DELETE", f"/exchange/approvals/{approval_id}", operator=True
+        ).json()
+
+    def extract(
+        self,
+        dataset_id: str,
+        *,
+        purpose: str,
+        columns: list[str] | None = None,
+        row_filter: list[list[Any]] | None = None,
+        confirm: bool = True,
+    ) -> ExtractResult:
+        """Request an extract, read the Arrow IPC stream and sign the receipt.
+
+        ``row_filter`` is a list of [column, operator, value] conditions, all of
+        which must hold. With ``confirm`` the client checks the provider's
+        receipt against the rows, bytes and SHA-256 it received, then signs it.
+        """
+        if self.signer is None:
+            raise AuthError("an extract needs a signed request: pass a signer")
+        body = json.dumps(
+            {
+                "dataset_id": dataset_id,
+                "purpose": purpose,
+                "columns": columns,
+                "filter": row_filter or [],
+            }
+        ).encode()
+        with self.http.stream(
+            "POST",
+            "/exchange/extract",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            auth=SignedRequestAuth(self.signer),
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_error(response)
+            exchange_id = response.headers["X-Citymesh-Exchange-Id"]
+            source = _ByteStream(response.iter_bytes())
+            reader = pa.ipc.open_stream(source)
+            table = reader.read_all()
+        result = ExtractResult(table, exchange_id, source.size, source.sha256(), None)
+        if confirm:
+            result.receipt = self.confirm_receipt(result)
+        return result
+
+    def confirm_receipt(self, result: ExtractResult) -> dict[str, Any]:
+        """Check the provider's receipt of an extract, sign it and send it back."""
+        from citymesh.ledger.events import UsageEvent, signing_payload
+
+        path = f"/exchange/{result.exchange_id}/receipt"
+        event = UsageEvent.from_dict(self._request("GET", path, signed=True).json())
+        expected = (result.table.num_rows, result.size, result.sha256)
+        stated = (event.rows, event.bytes, event.detail.get("sha256"))
+        if stated != expected:
+            raise CitymeshError(
+                f"receipt of exchange {result.exchange_id!r} states rows, bytes and "
+                f"sha256 {stated!r} but the client received {expected!r}; the "
+                "receipt was not signed"
+            )
+        signature = self.signer.sign(signing_payload(event)).hex()
+        return self._request(
+            "POST", path, signed=True, json={"signature": signature}
+        ).json()
+
+
+@dataclass
+class ExtractResult:
+    """An extract as received: rows, exchange id, stream size and digest, receipt."""
+
+    table: pa.Table
+    exchange_id: str
+    size: int
+    sha256: str
+    receipt: dict[str, Any] | None
+
+
+class _ByteStream(io.RawIOBase):
+    """A readable file over an iterator of byte chunks that counts and hashes them."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                return 0
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            self._buffer = chunk
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -10,7 +10,12 @@ from typing import Any
 from citymesh.catalog.ingest import ingest_file
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.store import CatalogStore, SearchPage, SearchQuery
-from citymesh.node.identity import NodeIdentity, load_operator_token
+from citymesh.node.approvals import ApprovalStore
+from citymesh.node.identity import (
+    NodeIdentity,
+    load_operator_token,
+    load_or_create_deid_secret,
+)
 from citymesh.node.registry import chain_resolver, open_chain_client
 from citymesh.node.settings import NodeSettings
 from citymesh.node.signing import (
@@ -44,7 +49,9 @@ class NodeContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = NodeIdentity.load(settings.keys_dir)
         self.operator_token = load_operator_token(settings.keys_dir)
+        self.secret = load_or_create_deid_secret(settings.keys_dir)
         self.store = CatalogStore(settings.database)
+        self.approvals = ApprovalStore(self.store.engine, self.store.write_engine)
         self.usage = UsageRecorder(
             usage_log if usage_log is not None else settings.usage_path, settings.city
         )
@@ -56,6 +63,9 @@ class NodeContext:
             window_s=settings.signature_window_s,
             cache_s=settings.signer_cache_s,
         )
+        from citymesh.node.exchange import ExchangeService
+
+        self.exchange = ExchangeService(self)
 
     def _default_resolver(self) -> SignerResolver:
         if self.settings.chain_url and self.settings.deployment_path:
@@ -160,6 +170,43 @@ class NodeContext:
             "query", entry.id, consumer, "catalog-read", detail={"returned": 1}
         )
         return entry
+
+    def set_policy(self, dataset_id: str, policy: dict[str, Any]) -> DatasetEntry:
+        """Check and store a dataset's policy (purposes, cities, deid, k)."""
+        from citymesh.catalog.deid import check_rules
+
+        entry = self.store.get(dataset_id)
+        for key in ("purposes", "cities", "quasi_identifiers"):
+            value = policy.get(key, [])
+            if not isinstance(value, list) or not all(
+                isinstance(v, str) for v in value
+            ):
+                raise InvalidInput(
+                    f"policy {key} must be a list of strings, got {value!r}"
+                )
+        k = policy.get("k")
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise InvalidInput(f"policy k must be a positive integer, got {k!r}")
+        rules = policy.get("deid", {})
+        if not isinstance(rules, dict):
+            raise InvalidInput(f"policy deid must be an object, got {rules!r}")
+        check_rules(rules, [column["name"] for column in entry.columns])
+        return self.store.update_policy(dataset_id, policy)
+
+    def approve(
+        self, dataset_id: str, consumer: str, purpose: str, expires_at: float | None
+    ) -> Any:
+        """Approve extracts of a dataset for a consumer and purpose; log it."""
+        entry = self.store.get(dataset_id)
+        approval = self.approvals.add(entry.id, consumer, purpose, expires_at)
+        self.usage.record(
+            "approval",
+            entry.id,
+            consumer,
+            purpose,
+            detail={"approval_id": approval.id, "expires_at": expires_at},
+        )
+        return approval
 
     def anchor(self, max_events: int | None = None) -> list[Any]:
         """Anchor every waiting usage event on chain and return the batches sent.

@@ -30,12 +30,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-
 from citymesh.catalog.deid import deidentify, k_anonymity
 from citymesh.catalog.names import dataset_path
 from citymesh.catalog.policy import ExtractPlan, ExtractRequest, plan_extract
-from citymesh.errors import AuthError, NotFound, PolicyViolation
 from citymesh.node.signing import SignerInfo
+
+from citymesh.errors import AuthError, NotFound, PolicyViolation
 
 log = logging.getLogger("citymesh.node")
 
@@ -81,7 +81,7 @@ class _ChunkSink:
 class ExchangeService:
     """Runs extracts for one node (see the module docstring)."""
 
-    def __init__(self, context) -> None:  # noqa: ANN001 - NodeContext
+    def __init__(self, context) -> None:
         self.context = context
         self._pending: dict[str, PendingReceipt] = {}
         self._lock = threading.Lock()
@@ -124,7 +124,7 @@ class ExchangeService:
         chunks = self._stream(exchange_id, entry, path, plan, request, signer)
         return exchange_id, chunks
 
-    def _scan(self, path, plan: ExtractPlan) -> Iterator[pa.RecordBatch]:  # noqa: ANN001
+    def _scan(self, path, plan: ExtractPlan) -> Iterator[pa.RecordBatch]:
         dataset = ds.dataset(path, format="parquet")
         scanner = dataset.scanner(
             columns=plan.columns,
@@ -136,7 +136,7 @@ class ExchangeService:
             if batch.num_rows:
                 yield batch
 
-    def _check_k_anonymity(self, dataset_id: str, path, plan: ExtractPlan) -> None:  # noqa: ANN001
+    def _check_k_anonymity(self, dataset_id: str, path, plan: ExtractPlan) -> None:
         batches = deidentify(self._scan(path, plan), plan.rules, self.context.secret)
         result = k_anonymity(batches, plan.quasi_identifiers, plan.k)
         if not result.ok:
@@ -150,8 +150,8 @@ class ExchangeService:
     def _stream(
         self,
         exchange_id: str,
-        entry,  # noqa: ANN001 - DatasetEntry
-        path,  # noqa: ANN001 - Path
+        entry,
+        path,
         plan: ExtractPlan,
         request: ExtractRequest,
         signer: SignerInfo,
@@ -184,11 +184,18 @@ class ExchangeService:
             complete = True
         finally:
             self._finish(
-                exchange_id, entry, plan, request, signer, rows, sent,
-                digest.hexdigest(), complete,
+                exchange_id,
+                entry,
+                plan,
+                request,
+                signer,
+                rows,
+                sent,
+                digest.hexdigest(),
+                complete,
             )
 
-    def _output_schema(self, path, plan: ExtractPlan) -> pa.Schema:  # noqa: ANN001
+    def _output_schema(self, path, plan: ExtractPlan) -> pa.Schema:
         empty = ds.dataset(path, format="parquet").schema.empty_table()
         empty = empty.select(plan.columns)
         batches = empty.to_batches() or [
@@ -199,7 +206,7 @@ class ExchangeService:
     def _finish(
         self,
         exchange_id: str,
-        entry,  # noqa: ANN001 - DatasetEntry
+        entry,
         plan: ExtractPlan,
         request: ExtractRequest,
         signer: SignerInfo,
@@ -234,15 +241,24 @@ class ExchangeService:
             self.context.usage.log.append(event)
             log.warning(
                 "extract %s of %s to %s ended early after %d rows",
-                exchange_id, entry.id, signer.account, rows,
+                exchange_id,
+                entry.id,
+                signer.account,
+                rows,
             )
             return
         with self._lock:
             self._pending[exchange_id] = PendingReceipt(
                 event, signer.account.lower(), signer.pubkey, time.monotonic()
             )
-        log.info("extract %s of %s to %s: %d rows, %d bytes", exchange_id,
-                 entry.id, signer.account, rows, sent)
+        log.info(
+            "extract %s of %s to %s: %d rows, %d bytes",
+            exchange_id,
+            entry.id,
+            signer.account,
+            rows,
+            sent,
+        )
 
     def receipt(self, exchange_id: str, signer: SignerInfo) -> dict[str, Any]:
         """Return the provider-signed event of an extract to its consumer."""
@@ -273,7 +289,9 @@ class ExchangeService:
         try:
             event = replace(pending.event, signatures=signatures)
         except ValueError as error:
-            raise AuthError(f"invalid receipt signature {signature!r}: {error}") from None
+            raise AuthError(
+                f"invalid receipt signature {signature!r}: {error}"
+            ) from None
         if invalid_signers(event):
             raise AuthError(
                 f"the receipt signature for exchange {exchange_id!r} does not verify "
@@ -284,8 +302,12 @@ class ExchangeService:
             if self._pending.pop(exchange_id, None) is None:
                 raise NotFound(f"exchange {exchange_id!r} was confirmed already")
         entry = self.context.usage.log.append(event)
-        log.info("exchange %s confirmed by %s as event %d", exchange_id,
-                 signer.account, entry.seq)
+        log.info(
+            "exchange %s confirmed by %s as event %d",
+            exchange_id,
+            signer.account,
+            entry.seq,
+        )
         return entry
 
     def sweep(self, max_age_s: float = RECEIPT_TIMEOUT_S) -> int:
@@ -293,7 +315,8 @@ class ExchangeService:
         now = time.monotonic()
         with self._lock:
             expired = [
-                key for key, item in self._pending.items()
+                key
+                for key, item in self._pending.items()
                 if now - item.created >= max_age_s
             ]
             items = [self._pending.pop(key) for key in expired]
@@ -304,6 +327,8 @@ class ExchangeService:
 
             event = sign_event(event, self.context.identity.signing_key)
             self.context.usage.log.append(event)
-            log.warning("exchange %s logged without the consumer's receipt",
-                        item.event.detail.get("exchange_id"))
+            log.warning(
+                "exchange %s logged without the consumer's receipt",
+                item.event.detail.get("exchange_id"),
+            )
         return len(items)

@@ -6,7 +6,11 @@ import logging
 from pathlib import Path
 
 from citymesh.catalog.ingest import check_city
-from citymesh.node.identity import NodeIdentity, create_operator_token
+from citymesh.node.identity import (
+    NodeIdentity,
+    create_operator_token,
+    load_or_create_deid_secret,
+)
 from citymesh.node.settings import CONFIG_FILE, NodeSettings, toml_text
 
 from citymesh.errors import InvalidInput
@@ -30,8 +34,8 @@ def init_home(
     """Create the node home at ``home`` for ``city`` and return its settings.
 
     The home contains node.toml, keys/ and data/. The keys folder contains the
-    Ed25519 signing key, the ledger account key and the operator token, each
-    with mode 0600. The node creates node.db and usage.db when it first opens
+    Ed25519 signing key, the ledger account key, the operator token and the
+    de-identification secret, each with mode 0600. The node creates node.db and usage.db when it first opens
     them. Raises InvalidInput if ``home`` already contains a node.toml, so
     existing keys are never overwritten.
     """
@@ -47,6 +51,7 @@ def init_home(
     identity = NodeIdentity.generate()
     identity.save(home / "keys")
     create_operator_token(home / "keys")
+    load_or_create_deid_secret(home / "keys")
     values = {
         "city": city,
         "host": host,

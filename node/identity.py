@@ -24,6 +24,7 @@ from citymesh.errors import InvalidInput, NotFound
 SIGNING_KEY_FILE = "ed25519.key"
 ACCOUNT_KEY_FILE = "account.key"
 OPERATOR_TOKEN_FILE = "operator.token"
+DEID_SECRET_FILE = "deid.secret"
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -110,3 +111,19 @@ def create_operator_token(keys_dir: Path) -> str:
 def load_operator_token(keys_dir: Path) -> str:
     """Read the operator token from ``keys_dir``."""
     return read_secret(keys_dir / OPERATOR_TOKEN_FILE)
+
+
+def load_or_create_deid_secret(keys_dir: Path) -> bytes:
+    """Return the node's secret for keyed hashing in de-identification.
+
+    The secret is created (mode 0600) on first use and never leaves the node, so
+    hashed values cannot be linked across nodes.
+    """
+    path = keys_dir / DEID_SECRET_FILE
+    if not path.exists():
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            write_secret(path, secrets.token_hex(32))
+        except FileExistsError:
+            pass
+    return bytes.fromhex(read_secret(path))

@@ -34,6 +34,7 @@ def chain_resolver(client) -> SignerResolver:
             pubkey=bytes(record.pubkey),
             role=int(record.role),
             active=bool(record.active),
+            city=record.city,
         )
 
     return resolve

@@ -51,15 +51,18 @@ MESSAGE_PREFIX = b"citymesh-request-v1"
 
 @dataclass(frozen=True)
 class SignerInfo:
-    """A verified signer: account, registered public key and role."""
+    """A verified signer: account, registered public key, role and city."""
 
     account: str
     pubkey: bytes
     role: int
     active: bool = True
+    city: str = ""
 
 
-SignerResolver = Callable[[str], "tuple[bytes, int, bool] | SignerInfo | None"]
+# A resolver returns (pubkey, role, active), optionally with the city as a
+# fourth item, or a SignerInfo, or None for an unknown account.
+SignerResolver = Callable[[str], "tuple | SignerInfo | None"]
 
 
 class Signer:
@@ -244,19 +247,23 @@ class RequestVerifier:
             return None
         if isinstance(resolved, SignerInfo):
             return resolved
-        pubkey, role, active = resolved
+        pubkey, role, active, *rest = resolved
         if not pubkey:
             return None
         return SignerInfo(
-            account=account, pubkey=bytes(pubkey), role=int(role), active=bool(active)
+            account=account,
+            pubkey=bytes(pubkey),
+            role=int(role),
+            active=bool(active),
+            city=str(rest[0]) if rest else "",
         )
 
 
-def dict_resolver(nodes: dict[str, tuple[bytes, int, bool]]) -> SignerResolver:
-    """Return a resolver backed by ``{account: (pubkey, role, active)}``."""
+def dict_resolver(nodes: dict[str, tuple]) -> SignerResolver:
+    """Return a resolver backed by ``{account: (pubkey, role, active[, city])}``."""
     table = {account.lower(): value for account, value in nodes.items()}
 
-    def resolve(account: str) -> tuple[bytes, int, bool] | None:
+    def resolve(account: str) -> tuple | None:
         return table.get(account.lower())
 
     return resolve

@@ -450,6 +450,23 @@ def test_anchor_revert_on_chain_keeps_reason(admin, rpc_url):
     assert admin.last_anchored_seq(account.address) == 3
 
 
+def test_send_out_of_gas_named(admin, rpc_url):
+    account, _ = _new_node(admin, "visby")
+    anchor = _w3(rpc_url).eth.contract(
+        address=admin.deployment.usage_anchor, abi=load_artifact("UsageAnchor").abi
+    )
+    data = anchor.encode_abi("anchor", args=[_root(87), 1, 3, 3])
+    sender = _raw_sender(rpc_url, account.key.hex())
+
+    # 25,000 gas pays for the calldata but not for the contract's storage writes.
+    with pytest.raises(TransactionReverted) as caught:
+        sender.send("UsageAnchor.anchor", anchor.address, data, gas=25_000)
+
+    assert caught.value.error == "OutOfGas"
+    assert caught.value.arguments == {"gas": 25_000}
+    assert admin.last_anchored_seq(account.address) == 0
+
+
 def test_record_usage_emits_event(admin, rpc_url):
     _, node = _new_node(admin, "pisa")
     tx = node.record_usage(_root(90))

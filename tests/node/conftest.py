@@ -78,9 +78,9 @@ def running_node(tmp_path: Path) -> Iterator[RunningNode]:
     revoked = NodeIdentity.generate()
     resolver = dict_resolver(
         {
-            peer.account: (peer.public_key, 1, True),
-            regulator.account: (regulator.public_key, 3, True),
-            revoked.account: (revoked.public_key, 1, False),
+            peer.account: (peer.public_key, 1, True, "jfk"),
+            regulator.account: (regulator.public_key, 3, True, "audit"),
+            revoked.account: (revoked.public_key, 1, False, "lga"),
         }
     )
     app = create_app(settings, resolve_signer=resolver)

@@ -1,0 +1,116 @@
+"""The demo as a user runs it: real chain, node processes and a Flower job on loopback."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from citymesh.network import Network
+
+pytestmark = pytest.mark.slow
+
+ROWS = 20_000
+BUDGET = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo") / "network"
+    report_path = workdir.parent / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "citymesh.cli",
+            "demo",
+            "--rows",
+            str(ROWS),
+            "--rounds",
+            "5",
+            "--budget",
+            str(BUDGET),
+            "--workdir",
+            str(workdir),
+            "--report",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, json.loads(report_path.read_text()), result.stdout
+
+
+def test_demo_finds_three_datasets_by_code(demo_run):
+    _, report, _ = demo_run
+    found = report["discovered"]
+    assert sorted(found) == ["EWR", "JFK", "LGA"]
+    for city, entry in found.items():
+        assert entry["code"].startswith("04.5")
+        assert entry["rows"] == report["ingested"][city]["rows"]
+    assert sum(entry["rows"] for entry in found.values()) == ROWS
+
+
+def test_demo_federated_auc_near_centralized(demo_run):
+    _, report, _ = demo_run
+    federation = report["federation"]
+    assert len(federation["rounds"]) == 5
+    assert federation["final_auc"] > 0.62
+    assert federation["centralized_auc"] > 0.62
+    assert abs(federation["centralized_auc"] - federation["final_auc"]) < 0.03
+
+
+def test_demo_every_event_anchored_and_verified(demo_run):
+    _, report, _ = demo_run
+    for city, verdict in report["audit"]["per_city"].items():
+        ledger = report["ledger"]["per_city"][city]
+        assert verdict["ok"], verdict["reason"]
+        # ingest, one catalog query, five training rounds
+        assert ledger["head"] == 7
+        assert ledger["anchored_events"] == 7
+        assert verdict["anchored"] == 7
+
+
+def test_demo_credits_sum_to_settled_budget(demo_run):
+    _, report, _ = demo_run
+    settlement = report["settlement"]
+    assert settlement["total"] == BUDGET
+    assert sum(settlement["amounts"].values()) == BUDGET
+    assert sum(settlement["balances"].values()) == BUDGET
+    assert settlement["total_supply"] == BUDGET
+    assert all(amount > 0 for amount in settlement["amounts"].values())
+
+
+def test_demo_prints_summary(demo_run):
+    _, _, stdout = demo_run
+    assert "citymesh demo summary" in stdout
+    assert "audit: PASS" in stdout
+
+
+def test_demo_tampered_event_fails_audit(demo_run):
+    workdir, _, _ = demo_run
+    usage_db = workdir / "nodes" / "JFK" / "usage.db"
+    with sqlite3.connect(usage_db) as connection:
+        connection.execute("DROP TRIGGER entries_append_only_update")
+        (event,) = connection.execute("SELECT event FROM entries WHERE seq = 1").fetchone()
+        text = bytes(event).decode()
+        changed = text.replace('"rows":', '"rows":1', 1)
+        assert changed != text
+        connection.execute(
+            "UPDATE entries SET event = ? WHERE seq = 1", (changed.encode(),)
+        )
+
+    with Network.open(workdir) as network:
+        network.start_chain(deploy=False)
+        network.start_nodes()
+        audit = network.audit()
+
+    assert not audit["ok"]
+    assert audit["per_city"]["EWR"]["ok"]
+    assert audit["per_city"]["LGA"]["ok"]
+    jfk = audit["per_city"]["JFK"]
+    assert not jfk["ok"]
+    assert jfk["first_bad_seq"] == 1
