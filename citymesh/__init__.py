@@ -1,3 +1,3 @@
-"""citymesh: cross-city data exchange with federated training and an audited usage ledger."""
+"""citymesh: cross-city data exchange, federated training and an audited usage log."""
 
 __version__ = "0.1.0"

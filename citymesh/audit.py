@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from citymesh.errors import CitymeshError, InvalidInput
-from citymesh.ledger.events import LogEntry, UsageEvent
 from citymesh.ledger.audit import verify_node
+from citymesh.ledger.events import LogEntry, UsageEvent
 
 logger = logging.getLogger("citymesh.audit")
 
@@ -19,7 +19,9 @@ ROLE_CITY_NODE = 1
 
 def _hash(value: Any, what: str, seq: Any) -> bytes:
     if not isinstance(value, str) or len(value) != 64:
-        raise InvalidInput(f"log entry {seq!r}: {what} must be 64 hex digits, got {value!r}")
+        raise InvalidInput(
+            f"log entry {seq!r}: {what} must be 64 hex digits, got {value!r}"
+        )
     return bytes.fromhex(value)
 
 
@@ -41,7 +43,9 @@ def entry_from_json(data: Mapping[str, Any]) -> LogEntry:
     )
 
 
-def audit_nodes(chain: Any, signer: Any, cities: Iterable[str] | None = None) -> dict[str, Any]:
+def audit_nodes(
+    chain: Any, signer: Any, cities: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Verify each city node's whole log against the anchors the chain holds for it.
 
     ``chain`` is a ChainClient; the nodes and their endpoints come from its registry.
@@ -69,7 +73,9 @@ def audit_nodes(chain: Any, signer: Any, cities: Iterable[str] | None = None) ->
                 "reason": verdict.reason,
             }
         except (CitymeshError, OSError) as error:
-            logger.error("audit of %s at %s failed: %s", record.city, record.endpoint, error)
+            logger.error(
+                "audit of %s at %s failed: %s", record.city, record.endpoint, error
+            )
             per_city[record.city] = {
                 "ok": False,
                 "events": 0,

@@ -1,4 +1,4 @@
-"""The ``citymesh`` command line: one typer app that mounts each component's commands."""
+"""The ``citymesh`` command line: one typer app that mounts each component."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from citymesh.errors import CitymeshError
 
 app = typer.Typer(
     name="citymesh",
-    help="Cross-city data exchange: catalogs, federated jobs and an audited usage ledger.",
+    help="Cross-city data exchange: catalogs, federated jobs, an audited ledger.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -48,12 +48,18 @@ def _root(
 def _mount() -> None:
     from citymesh.commands import audit, catalog, demo, job, ledger, node, sim
 
-    app.add_typer(ledger.app, name="ledger", help="Run the embedded chain and deploy contracts.")
+    app.add_typer(
+        ledger.app, name="ledger", help="Run the embedded chain and deploy contracts."
+    )
     app.add_typer(node.app, name="node", help="Create and run a city node.")
     app.add_typer(catalog.app, name="catalog", help="Search and inspect city catalogs.")
     app.add_typer(job.app, name="job", help="Validate and run federated training jobs.")
-    app.add_typer(audit.app, name="audit", help="Verify the usage ledger as a regulator.")
-    app.add_typer(sim.app, name="sim", help="Simulate the city hub and district edge nodes.")
+    app.add_typer(
+        audit.app, name="audit", help="Verify the usage ledger as a regulator."
+    )
+    app.add_typer(
+        sim.app, name="sim", help="Simulate the city hub and district edge nodes."
+    )
     app.command("demo")(demo.demo)
 
 
@@ -61,7 +67,7 @@ _mount()
 
 
 def main() -> None:
-    """Run the CLI; a CitymeshError ends it with exit code 1 and one line, no traceback."""
+    """Run the CLI; a CitymeshError exits 1 with one line and no traceback."""
     try:
         app(standalone_mode=False)
     except CitymeshError as error:

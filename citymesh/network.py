@@ -7,7 +7,7 @@ The folder holds everything a run needs to start again::
     deployment.json      the contract addresses
     scientist/keys/      the data scientist's identity (registered as a hub)
     regulator/keys/      the regulator's identity
-    nodes/<CITY>/        one node home per city (node.toml, keys/, data/, node.db, usage.db)
+    nodes/<CITY>/        a node home per city: node.toml, keys/, data/, *.db
     logs/                each process's output
 """
 
@@ -40,7 +40,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 class Network:
-    """The services and parties of one local network; a context manager that stops them."""
+    """The services and parties of one local network; stops its services on exit."""
 
     def __init__(self, workdir: Path, cities: Sequence[str]) -> None:
         self.workdir = workdir
@@ -161,7 +161,9 @@ class Network:
         """Return a ChainClient that signs as the consortium admin."""
         from citymesh.ledger.chain import ChainClient
 
-        return ChainClient(self.chain_url, self.deployment(), private_key=self.admin_key)
+        return ChainClient(
+            self.chain_url, self.deployment(), private_key=self.admin_key
+        )
 
     def reader_chain(self) -> Any:
         """Return a read-only ChainClient."""
@@ -180,7 +182,7 @@ class Network:
         return load_settings(self.home(city))
 
     def start_nodes(self) -> None:
-        """Create, register and start a node per city (creation and registration once)."""
+        """Start a node per city, creating and registering the ones that are new."""
         from citymesh.node.home import init_home
         from citymesh.node.identity import NodeIdentity
 
@@ -283,7 +285,7 @@ class Network:
     # -- audit ----------------------------------------------------------------
 
     def audit(self) -> dict[str, Any]:
-        """Verify every city node's log against its anchors on chain, as the regulator."""
+        """Verify every city node's log against its anchors, as the regulator."""
         from citymesh.audit import audit_nodes
 
         return audit_nodes(self.reader_chain(), self.regulator_identity, self.cities)

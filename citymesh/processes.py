@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 def quiet_env() -> dict[str, str]:
-    """Return this process's environment with Flower's network calls and torch threads off."""
+    """Return this environment with Flower's network calls off and one torch thread."""
     env = dict(os.environ)
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
@@ -88,8 +88,8 @@ class Service:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServiceFailed(
-                    f"{self.name} exited with code {self.process.returncode} before it was "
-                    f"ready; see {self.log_path}"
+                    f"{self.name} exited with code {self.process.returncode} before it "
+                    f"was ready; see {self.log_path}"
                 )
             if self._answers():
                 return
@@ -102,7 +102,12 @@ class Service:
     def _answers(self) -> bool:
         try:
             if self.ready_rpc:
-                body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "eth_chainId",
+                    "params": [],
+                }
                 response = httpx.post(self.ready_rpc, json=body, timeout=2.0)
             elif self.ready_url:
                 response = httpx.get(self.ready_url, timeout=2.0)
@@ -121,7 +126,9 @@ class Service:
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            logger.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, timeout)
+            logger.warning(
+                "%s ignored SIGTERM for %.0f s; killing it", self.name, timeout
+            )
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout)
         logger.info("stopped %s", self.name)

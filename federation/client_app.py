@@ -31,7 +31,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from citymesh.errors import InvalidInput
+from citymesh.errors import InvalidInput, PolicyViolation
 
 from .data import CitySplit, read_city
 from .encoding import FeatureEncoding, local_statistics
@@ -64,6 +64,16 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     @client_app.query("statistics")
     def statistics(message: Message, context: Context) -> Message:
         spec = _spec(message)
+        if not _is_member(context, spec):
+            # A city outside the job only tells the hub who it is.
+            content = RecordDict(
+                {
+                    STATISTICS_KEY: ConfigRecord(),
+                    METRICS_KEY: MetricRecord({WEIGHT_KEY: 0}),
+                    NODE_KEY: _node(context, member=False),
+                }
+            )
+            return Message(content, reply_to=message)
         split = _city_split(context, spec)
         stats = local_statistics(split.train, spec.features)
         record = ConfigRecord()
@@ -75,7 +85,11 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
             numbers[f"sum.{column}"] = stats.total[column]
             numbers[f"sumsq.{column}"] = stats.total_squares[column]
         content = RecordDict(
-            {STATISTICS_KEY: record, METRICS_KEY: numbers, NODE_KEY: _node(context)}
+            {
+                STATISTICS_KEY: record,
+                METRICS_KEY: numbers,
+                NODE_KEY: _node(context, member=True),
+            }
         )
         return Message(content, reply_to=message)
 
@@ -83,6 +97,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         started = time.perf_counter()
         spec = _spec(message)
+        _require_member(context, spec)
         config = message.content[CONFIG_KEY]
         server_round = int(config["server-round"])
         encoding = FeatureEncoding.from_json(str(config["encoding"]))
@@ -120,6 +135,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         spec = _spec(message)
+        _require_member(context, spec)
         config = message.content[CONFIG_KEY]
         encoding = FeatureEncoding.from_json(str(config["encoding"]))
         split = _city_split(context, spec)
@@ -148,8 +164,36 @@ def _spec(message: Message) -> JobSpec:
     return JobSpec.from_json(str(message.content[CONFIG_KEY]["spec"]))
 
 
-def _node(context: Context) -> ConfigRecord:
-    return ConfigRecord({"city": _city(context)})
+def _node(context: Context, member: bool = True) -> ConfigRecord:
+    return ConfigRecord({"city": _city(context), "member": member})
+
+
+def _is_member(context: Context, spec: JobSpec) -> bool:
+    """Return whether this node's city takes part in the job.
+
+    A spec without datasets takes every connected city. A spec that names a
+    dataset for this city must name the dataset this node serves.
+    """
+    if not spec.datasets:
+        return True
+    city = _city(context)
+    if city not in spec.datasets:
+        return False
+    served = context.node_config.get("dataset-id")
+    if served and str(served) != spec.datasets[city]:
+        raise PolicyViolation(
+            f"job {spec.id!r} names dataset {spec.datasets[city]!r} for city "
+            f"{city!r}, but this node serves {str(served)!r}; fix the job spec"
+        )
+    return True
+
+
+def _require_member(context: Context, spec: JobSpec) -> None:
+    if not _is_member(context, spec):
+        raise PolicyViolation(
+            f"city {_city(context)!r} is not part of job {spec.id!r}; "
+            "the node rejects its messages"
+        )
 
 
 def _city(context: Context) -> str:

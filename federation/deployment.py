@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from citymesh.errors import CitymeshError, InvalidInput
 
@@ -107,7 +108,7 @@ class LocalFederation:
 
     # Lifecycle ----------------------------------------------------------------------
 
-    def __enter__(self) -> LocalFederation:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from citymesh.errors import InvalidInput
 
 from .client_app import make_client_app
 from .contributions import Contribution, score_contributions
+from .deployment import LocalFederation
 from .inprocess import InProcessGrid, run_server_app
 from .server_app import MODEL_FILE, RESULT_FILE, make_server_app
 from .spec import JobSpec
@@ -29,7 +30,7 @@ from .strategy import RoundRecord
 
 log = logging.getLogger("citymesh.federation")
 
-RUN_MODES = ("inprocess",)
+RUN_MODES = ("inprocess", "deployment")
 
 TrainCallback = Callable[[str, int, int], None]
 
@@ -98,17 +99,26 @@ def run_job(
     output_dir: Path | None = None,
     contributions: str = "loo",
     max_update_norm: float | None = None,
+    federation: LocalFederation | None = None,
 ) -> JobResult:
     """Run ``spec`` over the cities' Parquet files and return metrics, model and scores.
 
+    mode is "inprocess" (ServerApp and ClientApps in this process) or "deployment"
+    (a SuperLink and one SuperNode per city as subprocesses). In deployment mode,
+    ``federation`` may name a running ``LocalFederation`` whose nodes serve the
+    cities. Otherwise one is started for the job in a temporary folder and
+    stopped afterwards, and ``datasets`` and ``usage_logs`` go into its node
+    configs.
     on_round(city, round, rows) is called once per accepted training update.
-    on_metrics(RoundMetrics) is called after each round's evaluation.
-    usage_logs maps a city to its node's usage log; the city's ClientApp appends a
+    on_metrics(RoundMetrics) is called after each round's evaluation. In
+    deployment mode both are called after the run, from its result file.
+    usage_logs maps a city to its node's usage log. The city's ClientApp appends a
     ``train_round`` event there per round. dataset_ids maps a city to the catalog id
     recorded in those events (default: the spec's ``datasets``).
     contributions is "none", "size", "loo" (size and leave-one-out) or "shapley"
     (size, leave-one-out and Shapley values). Leave-one-out and Shapley retrain
-    the job on subsets of cities, and these retraining runs log no usage events.
+    the job on subsets of cities in the same mode, and log no usage events in
+    process mode.
     """
     if mode not in RUN_MODES:
         raise InvalidInput(f"run mode {mode!r} is unknown; use one of {RUN_MODES!r}")
@@ -120,32 +130,78 @@ def run_job(
             f"{len(datasets)}: {sorted(datasets)!r}"
         )
     started = time.perf_counter()
-    with _output_dir(output_dir) as directory:
-        _run_inprocess(
-            spec,
-            datasets,
-            directory,
-            usage_logs=usage_logs or {},
-            dataset_ids=dataset_ids or {},
-            on_round=on_round,
-            on_metrics=on_metrics,
-            max_update_norm=max_update_norm,
-        )
-        result = read_result(directory)
-    result.seconds = time.perf_counter() - started
-    result.output_dir = output_dir
+    with ExitStack() as stack:
+        directory = stack.enter_context(_output_dir(output_dir))
+        if mode == "inprocess":
+            _run_inprocess(
+                spec,
+                datasets,
+                directory,
+                usage_logs=usage_logs or {},
+                dataset_ids=dataset_ids or {},
+                on_round=on_round,
+                on_metrics=on_metrics,
+                max_update_norm=max_update_norm,
+            )
 
-    result.contributions = score_contributions(
-        spec,
-        datasets,
-        result,
-        method=contributions,
-        retrain=lambda subset: _retrain_auc(spec, subset, max_update_norm),
-    )
+            def retrain(subset: dict[str, Path]) -> float:
+                return _retrain_inprocess(spec, subset, max_update_norm)
+
+        else:
+            if federation is None:
+                federation = stack.enter_context(
+                    _temporary_federation(spec, datasets, usage_logs, dataset_ids)
+                )
+            _run_deployment(spec, federation, directory, max_update_norm)
+
+            def retrain(subset: dict[str, Path]) -> float:
+                return _retrain_deployment(
+                    spec, subset, federation, dataset_ids or {}, max_update_norm
+                )
+
+        result = read_result(directory)
+        if mode != "inprocess":
+            _replay(result, on_round, on_metrics)
+        result.seconds = time.perf_counter() - started
+        result.output_dir = output_dir
+        result.contributions = score_contributions(
+            spec, datasets, result, method=contributions, retrain=retrain
+        )
     return result
 
 
-def _retrain_auc(
+def _replay(
+    result: JobResult,
+    on_round: TrainCallback | None,
+    on_metrics: Callable[[RoundMetrics], None] | None,
+) -> None:
+    """Call the callbacks from a finished run's records, in round order."""
+    for metrics in result.rounds:
+        for city, part in metrics.per_city.items():
+            if on_round is not None and part.train_rows:
+                on_round(city, metrics.round, part.train_rows)
+        if on_metrics is not None:
+            on_metrics(metrics)
+
+
+def _subset_spec(
+    spec: JobSpec, cities: list[str], dataset_ids: dict[str, str]
+) -> JobSpec:
+    """Return the spec restricted to ``cities``, each named with its dataset id."""
+    datasets = {
+        city: spec.datasets.get(city) or dataset_ids.get(city) or city
+        for city in cities
+    }
+    return JobSpec.from_dict(
+        {
+            **spec.to_dict(),
+            "datasets": datasets,
+            "min_nodes": min(spec.min_nodes, len(cities)),
+        }
+    )
+
+
+def _retrain_inprocess(
     spec: JobSpec, datasets: dict[str, Path], max_update_norm: float | None
 ) -> float:
     """Train the job on a subset of cities and return its final pooled AUC."""
@@ -164,6 +220,47 @@ def _retrain_auc(
             max_update_norm=max_update_norm,
         )
         return read_result(directory).final_auc
+
+
+def _run_deployment(
+    spec: JobSpec,
+    federation: LocalFederation,
+    output_dir: Path,
+    max_update_norm: float | None,
+) -> None:
+    run_id = federation.submit(spec, output_dir, max_update_norm)
+    # Each round has a train and an evaluate exchange, plus the statistics step.
+    timeout = spec.round_timeout_s * (2 * spec.rounds + 1)
+    federation.wait(run_id, timeout)
+
+
+def _retrain_deployment(
+    spec: JobSpec,
+    datasets: dict[str, Path],
+    federation: LocalFederation,
+    dataset_ids: dict[str, str],
+    max_update_norm: float | None,
+) -> float:
+    subset_spec = _subset_spec(spec, sorted(datasets), dataset_ids)
+    with _output_dir(None) as directory:
+        _run_deployment(subset_spec, federation, directory, max_update_norm)
+        return read_result(directory).final_auc
+
+
+@contextmanager
+def _temporary_federation(
+    spec: JobSpec,
+    datasets: dict[str, Path],
+    usage_logs: dict[str, Path] | None,
+    dataset_ids: dict[str, str] | None,
+) -> Iterator[LocalFederation]:
+    configs = node_configs(spec, datasets, usage_logs, dataset_ids)
+    nodes = {str(config.pop("city")): config for config in configs}
+    with (
+        tempfile.TemporaryDirectory(prefix="citymesh-federation-") as workspace,
+        LocalFederation(Path(workspace), nodes) as federation,
+    ):
+        yield federation
 
 
 def job_run_config(

@@ -28,8 +28,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from citymesh.errors import CitymeshError, InvalidInput
 
-from .client_app import CONFIG_KEY, METRICS_KEY, STATISTICS_KEY
+from .client_app import CONFIG_KEY, METRICS_KEY, NODE_KEY, STATISTICS_KEY
 from .encoding import ColumnStatistics, FeatureEncoding, merge_statistics
+from .grids import MemberGrid
 from .model import build_model
 from .spec import JobSpec
 from .strategy import CityFedAvg, RoundHook, RoundRecord, TrainHook
@@ -87,7 +88,9 @@ def run_rounds(
     # A deployment's run config always has the key; 0 there means no limit.
     max_norm = float(context.run_config.get("max-update-norm", 0.0)) or None
 
-    encoding = federated_encoding(grid, spec)
+    encoding, members = survey_nodes(grid, spec)
+    if spec.datasets:
+        grid = MemberGrid(grid, set(members))
     model = build_model(spec.model, encoding.width, seed=spec.seed)
     initial = ArrayRecord(model.state_dict())
 
@@ -122,14 +125,50 @@ def run_rounds(
     write_result(output_dir, spec, encoding, rounds, time.perf_counter() - started)
 
 
-def federated_encoding(grid: Grid, spec: JobSpec) -> FeatureEncoding:
-    """Build the shared encoding from the spec and the cities' column statistics."""
-    features = spec.features
-    fixed = set(features.categories) | set(features.scaling)
-    if set(features.categorical + features.numeric) <= fixed:
-        return merge_statistics(features, [])
+def survey_nodes(grid: Grid, spec: JobSpec) -> tuple[FeatureEncoding, dict[int, str]]:
+    """Ask the connected nodes for their city and column statistics.
 
-    node_ids = _wait_for_nodes(grid, spec.min_nodes, spec.round_timeout_s)
+    Returns the shared encoding and the member nodes (node id to city). Nodes
+    whose city the spec's ``datasets`` leaves out reply without statistics and
+    take no further part. The survey repeats for newly connected nodes until
+    ``min_nodes`` members replied or ``round_timeout_s`` passed.
+    """
+    deadline = time.monotonic() + spec.round_timeout_s
+    members: dict[int, str] = {}
+    parts: list[ColumnStatistics] = []
+    surveyed: set[int] = set()
+    while True:
+        pending = [n for n in grid.get_node_ids() if n not in surveyed]
+        if len(surveyed) + len(pending) >= spec.min_nodes and pending:
+            surveyed.update(pending)
+            remaining = max(deadline - time.monotonic(), 1.0)
+            for reply in _query_statistics(grid, spec, pending, remaining):
+                city = str(reply.content[NODE_KEY]["city"])
+                if not reply.content[NODE_KEY]["member"]:
+                    log.info("city %s is connected but not part of the job", city)
+                    continue
+                members[reply.metadata.src_node_id] = city
+                parts.append(_statistics(reply, spec))
+        if len(members) >= spec.min_nodes:
+            break
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(members)} member node(s) of job {spec.id!r} replied "
+                f"within {spec.round_timeout_s:.0f} s, fewer than "
+                f"min_nodes = {spec.min_nodes}"
+            )
+        time.sleep(0.2)
+
+    missing = sorted(set(spec.datasets) - set(members.values()))
+    if missing:
+        log.warning("job %s starts without the cities %s", spec.id, missing)
+    log.info("statistics step: member cities %s", sorted(members.values()))
+    return merge_statistics(spec.features, parts), members
+
+
+def _query_statistics(
+    grid: Grid, spec: JobSpec, node_ids: list[int], timeout: float
+) -> list[Message]:
     content = RecordDict({CONFIG_KEY: ConfigRecord({"spec": spec.to_json()})})
     messages = [
         Message(
@@ -137,9 +176,8 @@ def federated_encoding(grid: Grid, spec: JobSpec) -> FeatureEncoding:
         )
         for node_id in node_ids
     ]
-    replies = list(grid.send_and_receive(messages, timeout=spec.round_timeout_s))
-    parts: list[ColumnStatistics] = []
-    for reply in replies:
+    replies = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             log.warning(
                 "node %d failed the statistics step: %s",
@@ -147,33 +185,13 @@ def federated_encoding(grid: Grid, spec: JobSpec) -> FeatureEncoding:
                 reply.error.reason,
             )
             continue
-        parts.append(_statistics(reply, features.categorical, features.numeric))
-    if len(parts) < spec.min_nodes:
-        raise FederationError(
-            f"only {len(parts)} node(s) returned column statistics, fewer than "
-            f"min_nodes = {spec.min_nodes}"
-        )
-    log.info("statistics step: %d node(s) replied", len(parts))
-    return merge_statistics(features, parts)
+        replies.append(reply)
+    return replies
 
 
-def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        node_ids = list(grid.get_node_ids())
-        if len(node_ids) >= minimum:
-            return node_ids
-        if time.monotonic() > deadline:
-            raise FederationError(
-                f"only {len(node_ids)} node(s) connected within {timeout:.0f} s, "
-                f"fewer than min_nodes = {minimum}"
-            )
-        time.sleep(0.2)
-
-
-def _statistics(
-    reply: Message, categorical: tuple[str, ...], numeric: tuple[str, ...]
-) -> ColumnStatistics:
+def _statistics(reply: Message, spec: JobSpec) -> ColumnStatistics:
+    categorical = spec.features.categorical
+    numeric = spec.features.numeric
     record = reply.content[STATISTICS_KEY]
     numbers = reply.content[METRICS_KEY]
     categories = {

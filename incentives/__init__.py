@@ -1,4 +1,4 @@
-"""Contribution incentives: split budgets by contribution and settle credits on chain."""
+"""Contribution incentives: split budgets by contribution, settle credits on chain."""
 
 from citymesh.incentives.payout import Payout, blend_scores, payout_memo, split_budget
 from citymesh.incentives.settlement import settle_job

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from citymesh.errors import InvalidInput
 
-__all__ = ["Payout", "blend_scores", "split_budget", "payout_memo"]
+__all__ = ["Payout", "blend_scores", "payout_memo", "split_budget"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,9 @@ def split_budget(scores: Mapping[str, float], budget: int) -> list[Payout]:
     exact = {city: share * budget for city, share in shares.items()}
     amounts = {city: math.floor(value) for city, value in exact.items()}
     left = budget - sum(amounts.values())
-    by_remainder = sorted(exact, key=lambda city: (-(exact[city] - amounts[city]), city))
+    by_remainder = sorted(
+        exact, key=lambda city: (-(exact[city] - amounts[city]), city)
+    )
     for city in by_remainder[:left]:
         amounts[city] += 1
     return [Payout(city, shares[city], amounts[city]) for city in sorted(scores)]

@@ -43,7 +43,8 @@ def settle_job(
     roots = [a.root for city in sorted(rows) for a in chain.anchors(accounts[city])]
     if not roots:
         raise InvalidInput(
-            f"job {job_id!r} has no anchored usage to pay for; anchor the nodes' logs first"
+            f"job {job_id!r} has no anchored usage to pay for; anchor the nodes' "
+            "logs first"
         )
     memo = payout_memo(job_id, model_hash, payouts)
     tx = chain.settle(

@@ -170,6 +170,16 @@ def _uint(value: Any, label: str, maximum: int) -> int:
     return value
 
 
+def _local_account(private_key: str) -> LocalAccount:
+    try:
+        return Account.from_key(private_key)
+    except (ValueError, TypeError) as exc:
+        # The message leaves the key out, so a typo does not leak a secret to logs.
+        raise InvalidInput(
+            "the private key is invalid; pass a 32-byte secp256k1 key in 0x hex"
+        ) from exc
+
+
 def _connect(rpc_url: str, timeout: float) -> Web3:
     scheme = urlparse(rpc_url).scheme
     if scheme not in ("http", "https"):
@@ -213,7 +223,7 @@ def deploy(
     list registry. It gets no SETTLER_ROLE until ChainClient.grant_settler grants it.
     """
     w3 = _connect(rpc_url, timeout)
-    account: LocalAccount = Account.from_key(admin_key)
+    account = _local_account(admin_key)
     with rpc_errors(rpc_url):
         chain_id = w3.eth.chain_id
     sender = TransactionSender(
@@ -271,7 +281,7 @@ class ChainClient:
         self._w3 = _connect(rpc_url, timeout)
         self._receipt_timeout = receipt_timeout
         self._key: LocalAccount | None = (
-            Account.from_key(private_key) if private_key is not None else None
+            _local_account(private_key) if private_key is not None else None
         )
         self._decoder = _decoder()
         self._registry = self._contract("NodeRegistry", deployment.node_registry)

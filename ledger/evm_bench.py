@@ -148,7 +148,9 @@ def run(transactions: int, senders: int, fsync: bool) -> dict[str, float]:
                 )
                 for i in range(transactions)
             ]
-            figures["event_tx_per_s"] = _rate(transactions, lambda: _send_all(w3, calls))
+            figures["event_tx_per_s"] = _rate(
+                transactions, lambda: _send_all(w3, calls)
+            )
 
             per_worker = max(1, transactions // len(workers))
             batches = [

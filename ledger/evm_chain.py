@@ -15,14 +15,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+from eth._utils.address import generate_contract_address
 from eth.abc import (
     BlockAPI,
     BlockHeaderAPI,
     ComputationAPI,
     ReceiptAPI,
     SignedTransactionAPI,
+    StateAPI,
 )
 from eth.chains.base import MiningChain
 from eth.constants import (
@@ -39,8 +41,8 @@ from eth.vm.forks.prague.constants import (
     TOTAL_COST_FLOOR_PER_TOKEN,
 )
 from eth.vm.spoof import SpoofTransaction
-from eth._utils.address import generate_contract_address
 from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_keys.exceptions import BadSignature
 from eth_utils import ValidationError, is_address, to_canonical_address
 
@@ -142,7 +144,7 @@ def decode_revert_reason(data: bytes) -> str | None:
         return None
     try:
         (reason,) = abi_decode(["string"], data[4:])
-    except Exception:  # eth_abi raises several decoding error types
+    except (DecodingError, UnicodeDecodeError):
         return None
     return reason
 
@@ -340,7 +342,7 @@ class EmbeddedChain:
             self._condition.notify_all()
         logger.info("closed chain on %s at block %d", self.state_path, self.head_number)
 
-    def __enter__(self) -> EmbeddedChain:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -384,7 +386,7 @@ class EmbeddedChain:
             return self._head
         return self._chain.get_canonical_block_header_by_number(number)
 
-    def _state(self, ref: BlockRef):  # noqa: ANN202 - py-evm StateAPI
+    def _state(self, ref: BlockRef) -> StateAPI:
         return self._chain.get_vm(at_header=self._header(ref)).state
 
     def _next_base_fee(self) -> int:
@@ -417,7 +419,9 @@ class EmbeddedChain:
     def max_priority_fee(self) -> int:
         return SUGGESTED_PRIORITY_FEE
 
-    def block(self, ref: BlockRef, full_transactions: bool = False) -> JsonObject | None:
+    def block(
+        self, ref: BlockRef, full_transactions: bool = False
+    ) -> JsonObject | None:
         """Return the block as a JSON-RPC object, or None if there is no such block."""
         with self._locked():
             try:
@@ -580,9 +584,7 @@ class EmbeddedChain:
                 base_fees.append(quantity(header.base_fee_per_gas))
                 ratios.append(header.gas_used / header.gas_limit)
                 if reward_percentiles:
-                    rewards.append(
-                        self._block_rewards(header, reward_percentiles)
-                    )
+                    rewards.append(self._block_rewards(header, reward_percentiles))
             if newest == self._head.block_number:
                 base_fees.append(quantity(self._next_base_fee()))
             else:
@@ -631,7 +633,11 @@ class EmbeddedChain:
         an unfunded sender can call.
         """
         fee_given = any(
-            (request.gas_price, request.max_fee_per_gas, request.max_priority_fee_per_gas)
+            (
+                request.gas_price,
+                request.max_fee_per_gas,
+                request.max_priority_fee_per_gas,
+            )
         )
         if not fee_given:
             header = header.copy(base_fee_per_gas=0)
@@ -687,9 +693,7 @@ class EmbeddedChain:
             computation = self._execute(request, header, high)
             if computation.is_error:
                 if isinstance(computation.error, OutOfGas):
-                    raise ExecutionFailed(
-                        f"gas required exceeds allowance ({high})"
-                    )
+                    raise ExecutionFailed(f"gas required exceeds allowance ({high})")
                 _raise_execution_error(computation)
             floor = data_floor_gas(request.data)
             if floor > high:
@@ -790,7 +794,8 @@ class EmbeddedChain:
         builder = PragueVM.get_transaction_builder()
         try:
             return builder.decode(raw)
-        except Exception as error:  # rlp and py-evm raise many decoding errors
+        # rlp and py-evm document no exception set for malformed input.
+        except Exception as error:  # noqa: BLE001
             raise TransactionRejected(
                 f"invalid raw transaction: {type(error).__name__}: {error}"
             ) from None
@@ -799,7 +804,7 @@ class EmbeddedChain:
         self,
         transaction: SignedTransactionAPI,
         sender: bytes,
-        state: Any,
+        state: StateAPI,
         account_nonce: int,
     ) -> None:
         """Raise TransactionRejected with geth's wording if the block would reject it."""
@@ -860,9 +865,7 @@ class EmbeddedChain:
             result, receipts, _ = self._chain.mine_all([transaction])
             block = result.imported_block
             records, logs = _index_rows(block, [sender], receipts)
-            self._store.commit_block(
-                records, logs, {"index_head": str(block.number)}
-            )
+            self._store.commit_block(records, logs, {"index_head": str(block.number)})
         except ValidationError as error:
             self._chain.header = self._chain.create_header_from_parent(parent)
             raise TransactionRejected(f"invalid transaction: {error}") from None
@@ -946,12 +949,12 @@ def _topic_bytes(topic: int | bytes) -> bytes:
 
 __all__ = [
     "BLOCK_TAGS",
-    "BlockNotFound",
-    "BlockRef",
-    "CallRequest",
     "DEFAULT_CHAIN_ID",
     "DEFAULT_GAS_LIMIT",
     "DEFAULT_NONCE_WAIT",
+    "BlockNotFound",
+    "BlockRef",
+    "CallRequest",
     "EmbeddedChain",
     "ExecutionFailed",
     "ExecutionReverted",

@@ -148,9 +148,7 @@ def format_transaction(
     ]
     if type_id >= 2:
         result["maxFeePerGas"] = quantity(transaction.max_fee_per_gas)
-        result["maxPriorityFeePerGas"] = quantity(
-            transaction.max_priority_fee_per_gas
-        )
+        result["maxPriorityFeePerGas"] = quantity(transaction.max_priority_fee_per_gas)
     if type_id == SET_CODE_TRANSACTION_TYPE:
         result["authorizationList"] = [
             {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -41,6 +42,8 @@ INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000
 LIMIT_EXCEEDED = -32005
 REVERT_ERROR = 3
+
+_QUANTITY = re.compile(r"0[xX][0-9a-fA-F]+")
 
 MAX_BATCH_REQUESTS = 1000
 MAX_FILTER_CRITERIA = 1000
@@ -85,11 +88,8 @@ def _invalid(name: str, value: Any, expected: str) -> RpcError:
 def parse_quantity(value: Any, name: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value[:2] in ("0x", "0X") and len(value) > 2:
-        try:
-            return int(value[2:], 16)
-        except ValueError:
-            pass
+    if isinstance(value, str) and _QUANTITY.fullmatch(value):
+        return int(value, 16)
     raise _invalid(name, value, "a 0x-prefixed hex quantity")
 
 
@@ -317,7 +317,9 @@ class RpcHandler:
             return json.dumps(response).encode()
         if isinstance(payload, list):
             if not payload:
-                error = RpcError(INVALID_REQUEST, "empty batch; send at least 1 request")
+                error = RpcError(
+                    INVALID_REQUEST, "empty batch; send at least 1 request"
+                )
                 return json.dumps(_error_response(None, error)).encode()
             if len(payload) > MAX_BATCH_REQUESTS:
                 error = RpcError(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -44,7 +45,9 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 SERVER_START_TIMEOUT = 10.0
 
 
-def create_app(chain: EmbeddedChain, nonce_wait: float = DEFAULT_NONCE_WAIT) -> Starlette:
+def create_app(
+    chain: EmbeddedChain, nonce_wait: float = DEFAULT_NONCE_WAIT
+) -> Starlette:
     """Build the ASGI app: JSON-RPC requests are POSTed to ``/``."""
     handler = RpcHandler(chain, nonce_wait)
 
@@ -165,7 +168,9 @@ class ChainServer:
             logger.info("stopped serving %s", self.url)
 
     def _handle_signal(self, sig: int, frame: FrameType | None) -> None:
-        logger.info("received %s: finishing requests in flight", signal.Signals(sig).name)
+        logger.info(
+            "received %s: finishing requests in flight", signal.Signals(sig).name
+        )
         if self._server.should_exit and sig == signal.SIGINT:
             self._server.force_exit = True  # a second Ctrl-C skips the wait
         self._server.should_exit = True
@@ -193,7 +198,7 @@ class ChainServer:
             self._thread.join()
             self._thread = None
 
-    def __enter__(self) -> ChainServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

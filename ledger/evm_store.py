@@ -400,9 +400,7 @@ class ChainStore:
         for position, values in enumerate(topics):
             if not values:
                 continue
-            conditions.append(
-                f"topic{position} IN ({', '.join('?' * len(values))})"
-            )
+            conditions.append(f"topic{position} IN ({', '.join('?' * len(values))})")
             parameters.extend(values)
         sql = (
             f"SELECT {_LOG_COLUMNS} FROM logs WHERE {' AND '.join(conditions)} "

@@ -193,19 +193,15 @@ def _parse_workload(table: Table, patterns: dict, scale: float) -> WorkloadSpec:
         kind in WORKLOAD_KINDS, "kind", f"must be one of {WORKLOAD_KINDS}", kind
     )
 
-    has_hour = table.has("rate_per_hour")
-    has_day = table.has("rate_per_day")
-    has_times = table.has("at_s")
-    table.check(
-        has_hour + has_day + has_times == 1,
-        "rate_per_hour",
-        "needs exactly one of rate_per_hour, rate_per_day or at_s",
-        {
-            key: table.data[key]
-            for key in ("rate_per_hour", "rate_per_day", "at_s")
-            if key in table.data
-        },
-    )
+    present = [
+        key for key in ("rate_per_hour", "rate_per_day", "at_s") if table.has(key)
+    ]
+    if len(present) != 1:
+        raise ScenarioError(
+            f"{table.source}: {table.path} needs exactly one of rate_per_hour, "
+            f"rate_per_day or at_s, got {', '.join(present) or 'none'}"
+        )
+    has_times = present == ["at_s"]
     rate = table.number("rate_per_hour", 0.0) + table.number("rate_per_day", 0.0) / 24
     at_s = table.numbers("at_s") if has_times else None
     pattern = table.text("pattern", "flat")

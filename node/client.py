@@ -295,7 +295,9 @@ class NodeClient:
                 raise_for_error(response)
             exchange_id = response.headers["X-Citymesh-Exchange-Id"]
             source = _ByteStream(response.iter_bytes())
-            reader = pa.ipc.open_stream(source)
+            # BufferedReader.read(n) returns n bytes unless the stream ends, and
+            # Arrow's reader takes a short read for the end of the stream.
+            reader = pa.ipc.open_stream(io.BufferedReader(source, 1 << 16))
             table = reader.read_all()
         result = ExtractResult(table, exchange_id, source.size, source.sha256(), None)
         if confirm:

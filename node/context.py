@@ -56,6 +56,11 @@ class NodeContext:
             usage_log if usage_log is not None else settings.usage_path, settings.city
         )
         self._chain = None
+        self.mapping = None
+        if settings.code_map_path.is_file():
+            from citymesh.catalog.mapping import load_mapping
+
+            self.mapping = load_mapping(settings.code_map_path)
         if resolve_signer is None:
             resolve_signer = self._default_resolver()
         self.verifier = RequestVerifier(
@@ -128,6 +133,10 @@ class NodeContext:
         limit come from the settings.
         """
         options.setdefault("max_bytes", self.settings.max_ingest_bytes)
+        code = options.get("code")
+        if self.mapping is not None and code in self.mapping.resolved:
+            options["local_code"] = code
+            options["code"] = self.mapping.to_shared(code)
         entry = ingest_file(
             source,
             data_dir=self.settings.data_dir,
@@ -147,7 +156,12 @@ class NodeContext:
         return entry
 
     def search(self, query: SearchQuery, consumer: str) -> SearchPage:
-        """Search the catalog; log a query event when the page is not empty."""
+        """Search the catalog; log a query event when the page is not empty.
+
+        A local code given as the code prefix is translated to its shared code.
+        """
+        if self.mapping is not None and query.code_prefix in self.mapping.resolved:
+            query.code_prefix = self.mapping.to_shared(query.code_prefix)
         page = self.store.search(query)
         if page.items:
             self.usage.record(

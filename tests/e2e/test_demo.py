@@ -1,4 +1,4 @@
-"""The demo as a user runs it: real chain, node processes and a Flower job on loopback."""
+"""The demo as a user runs it: chain, nodes and a Flower job on loopback."""
 
 import json
 import sqlite3
@@ -95,7 +95,9 @@ def test_demo_tampered_event_fails_audit(demo_run):
     usage_db = workdir / "nodes" / "JFK" / "usage.db"
     with sqlite3.connect(usage_db) as connection:
         connection.execute("DROP TRIGGER entries_append_only_update")
-        (event,) = connection.execute("SELECT event FROM entries WHERE seq = 1").fetchone()
+        (event,) = connection.execute(
+            "SELECT event FROM entries WHERE seq = 1"
+        ).fetchone()
         text = bytes(event).decode()
         changed = text.replace('"rows":', '"rows":1', 1)
         assert changed != text

@@ -5,7 +5,9 @@ from citymesh.incentives import blend_scores, payout_memo, split_budget
 
 
 def test_blend_scores_sum_to_one():
-    scores = blend_scores({"EWR": 100, "JFK": 100, "LGA": 200}, {"EWR": 0.02, "JFK": 0.0, "LGA": 0.02})
+    scores = blend_scores(
+        {"EWR": 100, "JFK": 100, "LGA": 200}, {"EWR": 0.02, "JFK": 0.0, "LGA": 0.02}
+    )
     assert scores["EWR"] == pytest.approx(0.5 * 0.25 + 0.5 * 0.5)
     assert scores["JFK"] == pytest.approx(0.5 * 0.25)
     assert scores["LGA"] == pytest.approx(0.5 * 0.5 + 0.5 * 0.5)

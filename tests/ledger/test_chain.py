@@ -662,6 +662,12 @@ def test_unreachable_chain_raises_chain_unavailable(deployment):
         client.anchor(_root(1), 1, 1, 1)
 
 
+def test_invalid_private_key_rejected_without_echo(deployment):
+    with pytest.raises(InvalidInput) as caught:
+        ChainClient("http://127.0.0.1:1", deployment, "0x1234abcd")
+    assert "1234abcd" not in str(caught.value)
+
+
 def test_non_http_url_rejected(deployment):
     with pytest.raises(InvalidInput, match="http"):
         ChainClient("ws://127.0.0.1:8546", deployment)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from citymesh.ledger.evm_chain import CallRequest, EmbeddedChain, ExecutionReverted
+from citymesh.ledger.evm_server import ChainServer, parse_prefund
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -21,8 +24,6 @@ from web3.exceptions import (
 )
 
 from citymesh.errors import ChainError, InvalidInput
-from citymesh.ledger.evm_chain import CallRequest, EmbeddedChain, ExecutionReverted
-from citymesh.ledger.evm_server import ChainServer, parse_prefund
 
 CHAIN_ID = 1337
 PREFUND_WEI = 10**24
@@ -60,9 +61,24 @@ COUNTER_ABI = [
     {
         "anonymous": False,
         "inputs": [
-            {"indexed": True, "internalType": "address", "name": "by", "type": "address"},
-            {"indexed": True, "internalType": "uint256", "name": "count", "type": "uint256"},
-            {"indexed": False, "internalType": "bytes32", "name": "tag", "type": "bytes32"},
+            {
+                "indexed": True,
+                "internalType": "address",
+                "name": "by",
+                "type": "address",
+            },
+            {
+                "indexed": True,
+                "internalType": "uint256",
+                "name": "count",
+                "type": "uint256",
+            },
+            {
+                "indexed": False,
+                "internalType": "bytes32",
+                "name": "tag",
+                "type": "bytes32",
+            },
         ],
         "name": "Bumped",
         "type": "event",
@@ -143,7 +159,10 @@ BUMPED_TOPIC = keccak(text="Bumped(address,uint256,bytes32)")
 
 
 def make_accounts(count: int) -> list[LocalAccount]:
-    return [Account.from_key(keccak(text=f"citymesh test account {i}")) for i in range(count)]
+    return [
+        Account.from_key(keccak(text=f"citymesh test account {i}"))
+        for i in range(count)
+    ]
 
 
 def connect(url: str) -> Web3:
@@ -312,27 +331,34 @@ def test_evm_server_block_holds_one_transaction(
     assert w3.eth.get_block(receipt["blockHash"])["number"] == receipt["blockNumber"]
     assert w3.eth.get_block_transaction_count(receipt["blockNumber"]) == 1
     block_receipts = w3.eth.get_block_receipts(receipt["blockNumber"])
-    assert [r["transactionHash"] for r in block_receipts] == [receipt["transactionHash"]]
+    assert [r["transactionHash"] for r in block_receipts] == [
+        receipt["transactionHash"]
+    ]
 
 
 def test_evm_server_gas_limit_constant(w3: Web3, accounts: list[LocalAccount]) -> None:
     for _ in range(30):
-        transact(w3, accounts[0], {"to": accounts[1].address, "value": 1, "gas": 21_000})
+        transact(
+            w3, accounts[0], {"to": accounts[1].address, "value": 1, "gas": 21_000}
+        )
     limits = {w3.eth.get_block(number)["gasLimit"] for number in range(31)}
     assert limits == {30_000_000}
 
 
 def test_evm_server_unknown_block_and_transaction(w3: Web3) -> None:
     missing = "0x" + "ab" * 32
-    assert w3.provider.make_request("eth_getBlockByNumber", ["0x64", False])[
-        "result"
-    ] is None
-    assert w3.provider.make_request("eth_getTransactionReceipt", [missing])[
-        "result"
-    ] is None
-    assert w3.provider.make_request("eth_getTransactionByHash", [missing])[
-        "result"
-    ] is None
+    assert (
+        w3.provider.make_request("eth_getBlockByNumber", ["0x64", False])["result"]
+        is None
+    )
+    assert (
+        w3.provider.make_request("eth_getTransactionReceipt", [missing])["result"]
+        is None
+    )
+    assert (
+        w3.provider.make_request("eth_getTransactionByHash", [missing])["result"]
+        is None
+    )
 
 
 # Logs
@@ -354,9 +380,7 @@ def test_evm_server_logs_filtered_by_address(
     assert [log["args"]["tag"] for log in first_logs] == [tag("a"), tag("c")]
     assert {log["address"] for log in first_logs} == {first.address}
     assert len(all_logs) == 3
-    both = w3.eth.get_logs(
-        {"fromBlock": 0, "address": [first.address, second.address]}
-    )
+    both = w3.eth.get_logs({"fromBlock": 0, "address": [first.address, second.address]})
     assert len(both) == 3
 
 
@@ -414,7 +438,9 @@ def test_evm_server_receipt_holds_logs_of_other_contract(
     owner = accounts[0]
     caller = deploy_counter(w3, owner)
     callee = deploy_counter(w3, owner)
-    transaction = caller.functions.bumpBoth(callee.address, tag("both")).build_transaction(
+    transaction = caller.functions.bumpBoth(
+        callee.address, tag("both")
+    ).build_transaction(
         {
             "from": owner.address,
             "nonce": w3.eth.get_transaction_count(owner.address, "pending"),
@@ -423,7 +449,10 @@ def test_evm_server_receipt_holds_logs_of_other_contract(
     receipt = transact(w3, owner, transaction)
 
     assert receipt["status"] == 1
-    assert [log["address"] for log in receipt["logs"]] == [caller.address, callee.address]
+    assert [log["address"] for log in receipt["logs"]] == [
+        caller.address,
+        callee.address,
+    ]
     assert [log["logIndex"] for log in receipt["logs"]] == [0, 1]
     (callee_event,) = callee.events.Bumped().get_logs(from_block=receipt["blockNumber"])
     assert callee_event["args"]["by"] == caller.address
@@ -452,15 +481,17 @@ def test_evm_server_logs_result_limit(
     state_path: Path, accounts: list[LocalAccount]
 ) -> None:
     prefund = {accounts[0].address: PREFUND_WEI}
-    with EmbeddedChain(state_path, prefund=prefund, max_log_results=2) as chain:
-        with ChainServer(chain) as server:
-            w3 = connect(server.url)
-            counter = deploy_counter(w3, accounts[0])
-            for i in range(3):
-                bump(w3, accounts[0], counter, tag(str(i)))
-            response = w3.provider.make_request(
-                "eth_getLogs", [{"fromBlock": "0x0", "address": counter.address}]
-            )
+    with (
+        EmbeddedChain(state_path, prefund=prefund, max_log_results=2) as chain,
+        ChainServer(chain) as server,
+    ):
+        w3 = connect(server.url)
+        counter = deploy_counter(w3, accounts[0])
+        for i in range(3):
+            bump(w3, accounts[0], counter, tag(str(i)))
+        response = w3.provider.make_request(
+            "eth_getLogs", [{"fromBlock": "0x0", "address": counter.address}]
+        )
     assert response["error"]["code"] == -32005
     assert "more than 2 results" in response["error"]["message"]
 
@@ -468,7 +499,9 @@ def test_evm_server_logs_result_limit(
 # Reverts
 
 
-def test_evm_server_revert_reason_in_call(w3: Web3, accounts: list[LocalAccount]) -> None:
+def test_evm_server_revert_reason_in_call(
+    w3: Web3, accounts: list[LocalAccount]
+) -> None:
     counter = deploy_counter(w3, accounts[0])
     with pytest.raises(ContractLogicError) as raised:
         counter.functions.bump(bytes(32)).call({"from": accounts[0].address})
@@ -515,7 +548,9 @@ def test_evm_server_custom_error_panic_and_empty_revert(
     with pytest.raises(ContractCustomError) as custom:
         counter.functions.refuse(42).call()
     assert custom.value.data == (
-        "0x" + keccak(text="Refused(uint256)")[:4].hex() + (42).to_bytes(32, "big").hex()
+        "0x"
+        + keccak(text="Refused(uint256)")[:4].hex()
+        + (42).to_bytes(32, "big").hex()
     )
     with pytest.raises(ContractPanicError) as panic:
         counter.functions.divide(1, 0).call()
@@ -582,25 +617,19 @@ def test_evm_server_concurrent_senders(
     counter = deploy_counter(w3, accounts[0])
     senders = accounts[1:5]
     per_sender = 8
-    failures: list[BaseException] = []
 
-    def run(account: LocalAccount) -> None:
+    def run(account: LocalAccount) -> list[int]:
         client = connect(server.url)
         mine = client.eth.contract(address=counter.address, abi=COUNTER_ABI)
-        try:
-            for i in range(per_sender):
-                receipt = bump(client, account, mine, tag(f"{account.address}{i}"[:32]))
-                assert receipt["status"] == 1
-        except BaseException as error:  # surfaced by the assert below
-            failures.append(error)
+        return [
+            bump(client, account, mine, tag(f"{i}{account.address}"[:32]))["status"]
+            for i in range(per_sender)
+        ]
 
-    threads = [threading.Thread(target=run, args=(account,)) for account in senders]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(senders)) as pool:
+        statuses = list(pool.map(run, senders))
 
-    assert failures == []
+    assert statuses == [[1] * per_sender] * len(senders)
     assert counter.functions.count().call() == len(senders) * per_sender
     for account in senders:
         assert w3.eth.get_transaction_count(account.address) == per_sender
@@ -615,38 +644,32 @@ def test_evm_server_shared_account_nonce_allocation(
     sender = accounts[0]
     nonce_lock = threading.Lock()
     next_nonce = [w3.eth.get_transaction_count(sender.address, "pending")]
-    sent: list[bytes] = []
-    failures: list[BaseException] = []
 
-    def run() -> None:
+    def run(_: int) -> list[bytes]:
         client = connect(server.url)
-        try:
-            for _ in range(6):
-                with nonce_lock:
-                    nonce = next_nonce[0]
-                    next_nonce[0] += 1
-                signed = sender.sign_transaction(
-                    {
-                        "to": accounts[1].address,
-                        "value": 1,
-                        "gas": 21_000,
-                        "nonce": nonce,
-                        "chainId": CHAIN_ID,
-                        "maxFeePerGas": 10**10,
-                        "maxPriorityFeePerGas": 10**9,
-                    }
-                )
-                sent.append(bytes(client.eth.send_raw_transaction(signed.raw_transaction)))
-        except BaseException as error:  # surfaced by the assert below
-            failures.append(error)
+        sent = []
+        for _ in range(6):
+            with nonce_lock:
+                nonce = next_nonce[0]
+                next_nonce[0] += 1
+            signed = sender.sign_transaction(
+                {
+                    "to": accounts[1].address,
+                    "value": 1,
+                    "gas": 21_000,
+                    "nonce": nonce,
+                    "chainId": CHAIN_ID,
+                    "maxFeePerGas": 10**10,
+                    "maxPriorityFeePerGas": 10**9,
+                }
+            )
+            tx_hash = client.eth.send_raw_transaction(signed.raw_transaction)
+            sent.append(bytes(tx_hash))
+        return sent
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(4) as pool:
+        sent = [tx_hash for batch in pool.map(run, range(4)) for tx_hash in batch]
 
-    assert failures == []
     assert len(sent) == 24
     assert w3.eth.get_transaction_count(sender.address) == 24
     assert all(w3.eth.get_transaction_receipt(h)["status"] == 1 for h in sent)
@@ -667,12 +690,16 @@ def test_evm_server_early_nonce_waits_for_gap(
     early = sender.sign_transaction({**base, "nonce": 1})
     result: list[bytes] = []
     thread = threading.Thread(
-        target=lambda: result.append(bytes(w3.eth.send_raw_transaction(early.raw_transaction)))
+        target=lambda: result.append(
+            bytes(w3.eth.send_raw_transaction(early.raw_transaction))
+        )
     )
     thread.start()
     time.sleep(0.3)
     assert w3.eth.block_number == 0  # the early transaction is waiting, not mined
-    first = w3.eth.send_raw_transaction(sender.sign_transaction({**base, "nonce": 0}).raw_transaction)
+    first = w3.eth.send_raw_transaction(
+        sender.sign_transaction({**base, "nonce": 0}).raw_transaction
+    )
     thread.join(timeout=HTTP_TIMEOUT)
 
     assert result == [bytes(early.hash)]
@@ -732,12 +759,17 @@ def test_evm_server_rejects_invalid_transactions(
         (_signed(sender, nonce=1, chainId=5), "invalid chain id: have 5 want 1337"),
         (_signed(sender, nonce=1, gas=20_000), "intrinsic gas too low"),
         (_signed(sender, nonce=1, gas=40_000_000), "exceeds block gas limit"),
-        (_signed(sender, nonce=1, maxFeePerGas=1, maxPriorityFeePerGas=1), "less than block base fee"),
+        (
+            _signed(sender, nonce=1, maxFeePerGas=1, maxPriorityFeePerGas=1),
+            "less than block base fee",
+        ),
         (_signed(unfunded), "insufficient funds for gas * price + value"),
         (b"\x02\xc0", "invalid raw transaction"),
     ]
     for raw, message in cases:
-        response = w3.provider.make_request("eth_sendRawTransaction", ["0x" + raw.hex()])
+        response = w3.provider.make_request(
+            "eth_sendRawTransaction", ["0x" + raw.hex()]
+        )
         assert response["error"]["code"] == -32000, message
         assert message in response["error"]["message"]
     assert w3.eth.block_number == 1
@@ -829,35 +861,41 @@ def test_evm_server_state_survives_restart(
 ) -> None:
     prefund = {account.address: PREFUND_WEI for account in accounts}
     owner = accounts[0]
-    with EmbeddedChain(state_path, prefund=prefund) as chain:
-        with ChainServer(chain) as server:
-            w3 = connect(server.url)
-            counter = deploy_counter(w3, owner)
-            receipt = bump(w3, owner, counter, tag("before"))
-            transact(w3, owner, {"to": accounts[1].address, "value": 777})
-            balance = w3.eth.get_balance(owner.address)
-            head = w3.eth.get_block("latest")
+    with (
+        EmbeddedChain(state_path, prefund=prefund) as chain,
+        ChainServer(chain) as server,
+    ):
+        w3 = connect(server.url)
+        counter = deploy_counter(w3, owner)
+        receipt = bump(w3, owner, counter, tag("before"))
+        transact(w3, owner, {"to": accounts[1].address, "value": 777})
+        balance = w3.eth.get_balance(owner.address)
+        head = w3.eth.get_block("latest")
 
-    with EmbeddedChain(state_path, prefund=prefund) as chain:
-        with ChainServer(chain) as server:
-            w3 = connect(server.url)
-            reopened = w3.eth.contract(address=counter.address, abi=COUNTER_ABI)
-            assert w3.eth.block_number == 3
-            assert w3.eth.get_block("latest")["hash"] == head["hash"]
-            assert w3.eth.get_balance(owner.address) == balance
-            assert w3.eth.get_balance(accounts[1].address) == PREFUND_WEI + 777
-            assert reopened.functions.count().call() == 1
-            assert w3.eth.get_transaction_receipt(receipt["transactionHash"]) == receipt
-            (event,) = reopened.events.Bumped().get_logs(from_block=0)
-            assert event["args"]["tag"] == tag("before")
+    with (
+        EmbeddedChain(state_path, prefund=prefund) as chain,
+        ChainServer(chain) as server,
+    ):
+        w3 = connect(server.url)
+        reopened = w3.eth.contract(address=counter.address, abi=COUNTER_ABI)
+        assert w3.eth.block_number == 3
+        assert w3.eth.get_block("latest")["hash"] == head["hash"]
+        assert w3.eth.get_balance(owner.address) == balance
+        assert w3.eth.get_balance(accounts[1].address) == PREFUND_WEI + 777
+        assert reopened.functions.count().call() == 1
+        assert w3.eth.get_transaction_receipt(receipt["transactionHash"]) == receipt
+        (event,) = reopened.events.Bumped().get_logs(from_block=0)
+        assert event["args"]["tag"] == tag("before")
 
-            after = bump(w3, owner, reopened, tag("after"))
-            assert after["blockNumber"] == 4
-            assert reopened.functions.count().call() == 2
-            assert w3.eth.get_transaction_count(owner.address) == 4
+        after = bump(w3, owner, reopened, tag("after"))
+        assert after["blockNumber"] == 4
+        assert reopened.functions.count().call() == 2
+        assert w3.eth.get_transaction_count(owner.address) == 4
 
 
-def test_embedded_chain_state_file_locked(chain: EmbeddedChain, state_path: Path) -> None:
+def test_embedded_chain_state_file_locked(
+    chain: EmbeddedChain, state_path: Path
+) -> None:
     with pytest.raises(ChainError, match="open in another chain or process"):
         EmbeddedChain(state_path)
 

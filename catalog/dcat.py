@@ -1,0 +1,162 @@
+"""DCAT-AP 3 export of a node's catalog as JSON-LD.
+
+Each entry becomes a ``dcat:Dataset`` with title, description, keywords, EU
+data themes (``dcat:theme``), its COFOG code as a ``skos:Concept`` in
+``dct:subject``, access rights from its grade, lineage (``dct:source``) and one
+``dcat:Distribution`` with access URL, Parquet format, byte size and SHA-256.
+
+``check_dcat`` tests the mandatory properties of DCAT-AP 3.0 for the classes
+exported here: Catalog (dct:title, dct:description, dct:publisher), Dataset
+(dct:title, dct:description) and Distribution (dcat:accessURL).
+NOTE: this is not the full set of DCAT-AP SHACL shapes, which are not shipped
+with any package installed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from citymesh.catalog.codes import CodeList, shared_codes
+from citymesh.catalog.models import DatasetEntry
+
+CONTEXT = {
+    "dcat": "http://www.w3.org/ns/dcat#",
+    "dct": "http://purl.org/dc/terms/",
+    "foaf": "http://xmlns.com/foaf/0.1/",
+    "skos": "http://www.w3.org/2004/02/skos/core#",
+    "spdx": "http://spdx.org/rdf/terms#",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+    "adms": "http://www.w3.org/ns/adms#",
+}
+THEME_BASE = "http://publications.europa.eu/resource/authority/data-theme/"
+ACCESS_BASE = "http://publications.europa.eu/resource/authority/access-right/"
+FILE_TYPE_PARQUET = "http://publications.europa.eu/resource/authority/file-type/PARQUET"
+SHA256 = "http://spdx.org/rdf/terms#checksumAlgorithm_sha256"
+
+
+def access_right(grade_id: str, codes: CodeList) -> str:
+    """Map a grade to the EU access-right vocabulary."""
+    family = codes.grade_family(grade_id)
+    if family == "core":
+        return ACCESS_BASE + "NON_PUBLIC"
+    if grade_id == "general.1":
+        return ACCESS_BASE + "PUBLIC"
+    return ACCESS_BASE + "RESTRICTED"
+
+
+def _text(value: str) -> dict[str, str]:
+    return {"@value": value, "@language": "en"}
+
+
+def dataset_node(
+    entry: DatasetEntry, base_url: str, codes: CodeList
+) -> dict[str, Any]:
+    """Return the JSON-LD node of one catalog entry."""
+    code = codes.code(entry.code)
+    iri = f"{base_url}/catalog/datasets/{entry.id}"
+    description = entry.description or (
+        f"{entry.title or entry.name}: {entry.rows} rows from {entry.city}, "
+        f"classified {entry.code} ({code.name})."
+    )
+    node: dict[str, Any] = {
+        "@id": iri,
+        "@type": "dcat:Dataset",
+        "dct:identifier": entry.id,
+        "dct:title": _text(entry.title or entry.name),
+        "dct:description": _text(description),
+        "dcat:keyword": [_text(word) for word in entry.keywords or []],
+        "dcat:theme": [{"@id": THEME_BASE + theme} for theme in code.themes],
+        "dct:subject": {
+            "@type": "skos:Concept",
+            "skos:notation": entry.code,
+            "skos:prefLabel": _text(code.name),
+        },
+        "dct:accessRights": {"@id": access_right(entry.grade, codes)},
+        "adms:versionNotes": _text(f"code list {entry.code_list_version}"),
+        "dcat:distribution": {
+            "@id": f"{iri}#parquet",
+            "@type": "dcat:Distribution",
+            "dcat:accessURL": {"@id": iri},
+            "dct:format": {"@id": FILE_TYPE_PARQUET},
+            "dcat:byteSize": {"@value": str(entry.bytes),
+                              "@type": "xsd:nonNegativeInteger"},
+            "spdx:checksum": {
+                "@type": "spdx:Checksum",
+                "spdx:algorithm": {"@id": SHA256},
+                "spdx:checksumValue": {"@value": entry.sha256,
+                                       "@type": "xsd:hexBinary"},
+            },
+        },
+    }
+    if entry.parents:
+        node["dct:source"] = [
+            {"@id": f"{base_url}/catalog/datasets/{parent}"} for parent in entry.parents
+        ]
+    return node
+
+
+def export_dcat(
+    entries: list[DatasetEntry],
+    *,
+    city: str,
+    base_url: str,
+    codes: CodeList | None = None,
+) -> dict[str, Any]:
+    """Return the node's catalog as a DCAT-AP 3 JSON-LD document."""
+    codes = codes or shared_codes()
+    base_url = base_url.rstrip("/")
+    return {
+        "@context": CONTEXT,
+        "@id": f"{base_url}/catalog",
+        "@type": "dcat:Catalog",
+        "dct:title": _text(f"citymesh catalog of {city}"),
+        "dct:description": _text(
+            f"Datasets published by the citymesh node of {city}, classified by "
+            f"COFOG with code list {codes.version}."
+        ),
+        "dct:publisher": {
+            "@id": f"{base_url}/identity",
+            "@type": "foaf:Agent",
+            "foaf:name": city,
+        },
+        "dcat:dataset": [dataset_node(entry, base_url, codes) for entry in entries],
+    }
+
+
+MANDATORY = {
+    "http://www.w3.org/ns/dcat#Catalog": (
+        "http://purl.org/dc/terms/title",
+        "http://purl.org/dc/terms/description",
+        "http://purl.org/dc/terms/publisher",
+    ),
+    "http://www.w3.org/ns/dcat#Dataset": (
+        "http://purl.org/dc/terms/title",
+        "http://purl.org/dc/terms/description",
+    ),
+    "http://www.w3.org/ns/dcat#Distribution": ("http://www.w3.org/ns/dcat#accessURL",),
+}
+
+
+def check_dcat(document: dict[str, Any]) -> list[str]:
+    """Return the DCAT-AP mandatory-property violations in ``document``.
+
+    Parses the JSON-LD into RDF with rdflib, so a document whose context does
+    not expand the terms fails too.
+    """
+    import json
+
+    from rdflib import Graph, URIRef
+    from rdflib.namespace import RDF
+
+    graph = Graph()
+    graph.parse(data=json.dumps(document), format="json-ld")
+    problems = []
+    for class_iri, properties in MANDATORY.items():
+        subjects = list(graph.subjects(RDF.type, URIRef(class_iri)))
+        if class_iri.endswith("Catalog") and not subjects:
+            problems.append("no dcat:Catalog node")
+        for subject in subjects:
+            for prop in properties:
+                if graph.value(subject, URIRef(prop)) is None:
+                    problems.append(f"{subject} ({class_iri}) lacks {prop}")
+    return problems
