@@ -48,9 +48,7 @@ def _text(value: str) -> dict[str, str]:
     return {"@value": value, "@language": "en"}
 
 
-def dataset_node(
-    entry: DatasetEntry, base_url: str, codes: CodeList
-) -> dict[str, Any]:
+def dataset_node(entry: DatasetEntry, base_url: str, codes: CodeList) -> dict[str, Any]:
     """Return the JSON-LD node of one catalog entry."""
     code = codes.code(entry.code)
     iri = f"{base_url}/catalog/datasets/{entry.id}"
@@ -78,13 +76,17 @@ def dataset_node(
             "@type": "dcat:Distribution",
             "dcat:accessURL": {"@id": iri},
             "dct:format": {"@id": FILE_TYPE_PARQUET},
-            "dcat:byteSize": {"@value": str(entry.bytes),
-                              "@type": "xsd:nonNegativeInteger"},
+            "dcat:byteSize": {
+                "@value": str(entry.bytes),
+                "@type": "xsd:nonNegativeInteger",
+            },
             "spdx:checksum": {
                 "@type": "spdx:Checksum",
                 "spdx:algorithm": {"@id": SHA256},
-                "spdx:checksumValue": {"@value": entry.sha256,
-                                       "@type": "xsd:hexBinary"},
+                "spdx:checksumValue": {
+                    "@value": entry.sha256,
+                    "@type": "xsd:hexBinary",
+                },
             },
         },
     }

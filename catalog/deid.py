@@ -164,8 +164,11 @@ def k_anonymity(
         grouped = table.group_by(quasi_identifiers, use_threads=False).aggregate(
             [([], "count_all")]
         )
-        keys = zip(*(grouped.column(name).to_pylist() for name in quasi_identifiers))
-        for key, count in zip(keys, grouped.column("count_all").to_pylist()):
+        columns = [grouped.column(name).to_pylist() for name in quasi_identifiers]
+        keys = zip(*columns, strict=True)
+        for key, count in zip(
+            keys, grouped.column("count_all").to_pylist(), strict=True
+        ):
             counts[key] += count
     if not counts:
         return KAnonymity(k, 0, 0, 0, 0)

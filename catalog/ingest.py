@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from citymesh.catalog.codes import CodeList, check_tier, shared_codes
 from citymesh.catalog.deid import check_rules
 from citymesh.catalog.models import DatasetEntry
@@ -34,7 +35,6 @@ from citymesh.catalog.readers import (
     parse_schema,
 )
 from citymesh.catalog.store import CatalogStore, DuplicateDataset
-
 from citymesh.errors import InvalidInput, NotFound
 
 log = logging.getLogger("citymesh.catalog")

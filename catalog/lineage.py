@@ -67,8 +67,7 @@ def lineage(store: CatalogStore, dataset_id: str) -> LineageGraph:
     graph = LineageGraph(dataset_id)
     edges: set[tuple[str, str, str]] = set()
     _walk(dataset_id, entries, lambda e: e.parents or [], graph, edges, up=True)
-    _walk(dataset_id, entries, lambda e: children.get(e.id, []), graph, edges,
-          up=False)
+    _walk(dataset_id, entries, lambda e: children.get(e.id, []), graph, edges, up=False)
     graph.edges = sorted(edges)
     return graph
 
@@ -94,8 +93,13 @@ def _walk(start, entries, neighbours, graph, edges, *, up: bool) -> None:  # noq
 
 
 def _node(entry: DatasetEntry) -> dict[str, Any]:
-    return {"tier": entry.tier, "code": entry.code, "grade": entry.grade,
-            "title": entry.title, "rows": entry.rows}
+    return {
+        "tier": entry.tier,
+        "code": entry.code,
+        "grade": entry.grade,
+        "title": entry.title,
+        "rows": entry.rows,
+    }
 
 
 def render_lineage(graph: LineageGraph) -> str:
@@ -134,7 +138,11 @@ def apply_transform(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
     aggregate = spec.get("aggregate")
     if aggregate:
         for item in aggregate:
-            if not isinstance(item, list) or len(item) != 2 or item[1] not in AGGREGATIONS:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or item[1] not in AGGREGATIONS
+            ):
                 raise InvalidInput(
                     f"invalid aggregation {item!r}: use [column, function] with a "
                     f"function from {', '.join(AGGREGATIONS)}"
@@ -182,7 +190,9 @@ def derive(
     try:
         combined = pa.concat_tables(tables, promote_options="default")
     except pa.ArrowInvalid as error:
-        raise InvalidInput(f"parents {parents!r} have incompatible schemas: {error}") from None
+        raise InvalidInput(
+            f"parents {parents!r} have incompatible schemas: {error}"
+        ) from None
     result = apply_transform(combined, transform)
     scratch = Path(data_dir) / f".derive-{uuid.uuid4().hex}.parquet"
     pq.write_table(result, scratch)

@@ -117,7 +117,7 @@ def _resolve(
             path.append(current)
             current = targets[current]
         if current in path:
-            cycle = path[path.index(current):]
+            cycle = path[path.index(current) :]
             key = frozenset(cycle)
             if key not in reported:
                 reported.add(key)

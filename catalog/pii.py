@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from citymesh.catalog.pii_names import COMMON_GIVEN_NAMES
 
 SAMPLE_ROWS = 5000
@@ -216,7 +217,9 @@ def is_quasi_identifier(column: str) -> bool:
 def cn_resident_id_valid(text: str) -> bool:
     """Check the ISO 7064 MOD 11-2 check digit of an 18-digit Chinese resident ID."""
     weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-    total = sum(int(digit) * weight for digit, weight in zip(text[:17], weights))
+    total = sum(
+        int(digit) * weight for digit, weight in zip(text[:17], weights, strict=True)
+    )
     return "10X98765432"[total % 11] == text[17].upper()
 
 

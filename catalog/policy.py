@@ -23,11 +23,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from citymesh.catalog.codes import CodeList, shared_codes
 from citymesh.catalog.deid import check_rules
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.pii import personal_columns
-
 from citymesh.errors import InvalidInput, PolicyViolation
 
 FILTER_OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")

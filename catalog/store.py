@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from citymesh.catalog.models import DatasetEntry
 from sqlalchemy import event, func, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
+from citymesh.catalog.models import DatasetEntry
 from citymesh.errors import InvalidInput, NotFound
 
 log = logging.getLogger("citymesh.catalog")

@@ -33,18 +33,20 @@ def settle_job(
     """Split ``budget`` by contribution, settle it on chain and return what was paid.
 
     ``chain`` is a ChainClient holding the settler role; ``accounts`` maps each city to
-    its ledger account. The roots paid for are every anchor of those accounts.
+    its ledger account. The settlement pays for every anchored root of those
+    accounts that no earlier settlement paid.
     """
     missing = sorted(set(rows) - set(accounts))
     if missing:
         raise InvalidInput(f"no ledger account given for cities {missing!r}")
     scores = blend_scores(rows, loo_gain)
     payouts = split_budget(scores, budget)
-    roots = [a.root for city in sorted(rows) for a in chain.anchors(accounts[city])]
+    anchored = [a.root for city in sorted(rows) for a in chain.anchors(accounts[city])]
+    roots = [root for root in anchored if chain.paid_epoch(root) is None]
     if not roots:
         raise InvalidInput(
-            f"job {job_id!r} has no anchored usage to pay for; anchor the nodes' "
-            "logs first"
+            f"job {job_id!r} has no unpaid anchored usage to pay for; anchor the "
+            "nodes' new events first"
         )
     memo = payout_memo(job_id, model_hash, payouts)
     tx = chain.settle(

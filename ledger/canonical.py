@@ -33,6 +33,9 @@ from citymesh.errors import InvalidInput
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _dump_string = json.JSONEncoder(ensure_ascii=False).encode
+_dump_simple = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+).encode
 
 
 def canonical_json(value: Any) -> bytes:
@@ -40,7 +43,11 @@ def canonical_json(value: Any) -> bytes:
 
     Raises InvalidInput naming the JSON path of the first value JCS cannot represent.
     """
-    needs_slow_path = _check(value, "$")
+    try:
+        needs_slow_path = _check(value)
+    except _Unrepresentable as exc:
+        path = "$" + "".join(exc.path)
+        raise InvalidInput(f"{exc.reason} at {path}: {exc.fix}") from None
     try:
         if needs_slow_path:
             text = _encode(value)
@@ -48,19 +55,18 @@ def canonical_json(value: Any) -> bytes:
             # For str, int, bool and None, and keys inside the Basic Multilingual Plane,
             # the standard encoder already writes JCS: its string escapes are the JCS
             # escapes and code point order equals UTF-16 order there.
-            text = json.dumps(
-                value,
-                ensure_ascii=False,
-                separators=(",", ":"),
-                sort_keys=True,
-                allow_nan=False,
-            )
+            text = _dump_simple(value)
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInput(
             f"canonical JSON rejects a string with a lone surrogate "
-            f"({exc.object[exc.start : exc.end]!r}): encode text as valid Unicode"
+            f"({exc.object[exc.start:exc.end]!r}): encode text as valid Unicode"
         ) from exc
+
+
+def json_string(text: str) -> str:
+    """Return ``text`` as a JCS string literal (quotes included)."""
+    return _dump_string(text)
 
 
 def format_number(value: float) -> str:
@@ -92,39 +98,65 @@ def format_number(value: float) -> str:
     return sign + text
 
 
-def _check(value: Any, path: str) -> bool:
+class _Unrepresentable(Exception):
+    """A value JCS cannot write; ``path`` collects the keys on the way out."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fix = fix
+        self.path: list[str] = []
+
+
+def _check(value: Any) -> bool:
     """Validate ``value`` for JCS; return True when it holds floats or astral keys."""
-    if value is None or isinstance(value, (bool, str)):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return False
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            raise InvalidInput(
-                f"canonical JSON integers must be within +-(2**53 - 1), got {value!r} "
-                f"at {path}: store larger numbers as strings"
-            )
-        return False
+    if kind is int or (isinstance(value, int) and not isinstance(value, bool)):
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return False
+        raise _Unrepresentable(
+            f"canonical JSON integers must be within +-(2**53 - 1), got {value!r}",
+            "store larger numbers as strings",
+        )
     if isinstance(value, float):
-        format_number(value)
+        if not math.isfinite(value):
+            raise _Unrepresentable(
+                f"canonical JSON has no form for {value!r}",
+                "use a finite number or a string",
+            )
         return True
+    if isinstance(value, str):
+        return False
     if isinstance(value, dict):
         slow = False
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInput(
-                    f"canonical JSON object keys must be strings, got {key!r} at {path}"
+            if type(key) is not str:
+                raise _Unrepresentable(
+                    f"canonical JSON object keys must be strings, got {key!r}",
+                    "convert the key to a string",
                 )
-            if any(ord(char) > 0xFFFF for char in key):
+            if not key.isascii() and max(key) > "\uffff":
                 slow = True
-            slow = _check(item, f"{path}.{key}") or slow
+            try:
+                slow = _check(item) or slow
+            except _Unrepresentable as exc:
+                exc.path.insert(0, f".{key}")
+                raise
         return slow
     if isinstance(value, (list, tuple)):
         slow = False
         for index, item in enumerate(value):
-            slow = _check(item, f"{path}[{index}]") or slow
+            try:
+                slow = _check(item) or slow
+            except _Unrepresentable as exc:
+                exc.path.insert(0, f"[{index}]")
+                raise
         return slow
-    raise InvalidInput(
-        f"canonical JSON has no form for {type(value).__name__} value {value!r} at "
-        f"{path}: use str, int, float, bool, None, list or dict"
+    raise _Unrepresentable(
+        f"canonical JSON has no form for {type(value).__name__} value {value!r}",
+        "use str, int, float, bool, None, list or dict",
     )
 
 

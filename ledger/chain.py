@@ -567,6 +567,14 @@ class ChainClient:
     def total_supply(self) -> int:
         return self._call("CreditToken.totalSupply", self._token, "totalSupply")
 
+    def paid_epoch(self, root: bytes) -> int | None:
+        """Return the epoch whose settlement paid ``root``, or None while it is unpaid."""
+        checked = _bytes32(root, "root")
+        plus_one = self._call(
+            "CreditToken.paidInEpochPlusOne", self._token, "paidInEpochPlusOne", checked
+        )
+        return plus_one - 1 if plus_one else None
+
     # -- code list ----------------------------------------------------------------
 
     def set_code_list(self, version: str, digest: bytes) -> str:

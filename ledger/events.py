@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from citymesh.errors import InvalidInput
 
-from .canonical import MAX_SAFE_INTEGER, canonical_json
+from .canonical import MAX_SAFE_INTEGER, canonical_json, json_string
 
 EVENT_VERSION = 1
 KINDS = frozenset(
@@ -70,11 +70,7 @@ class UsageEvent:
 
     def __post_init__(self) -> None:
         for name in _TEXT_FIELDS:
-            if not isinstance(getattr(self, name), str):
-                raise InvalidInput(
-                    f"usage event field {name!r} must be a string, got "
-                    f"{getattr(self, name)!r}"
-                )
+            _check_text(name, getattr(self, name))
         if self.kind not in KINDS:
             raise InvalidInput(
                 f"usage event kind must be one of {sorted(KINDS)}, got {self.kind!r}"
@@ -87,9 +83,10 @@ class UsageEvent:
                 f"usage event detail must be a dict, got {self.detail!r}"
             )
         detail = dict(self.detail)
-        canonical_json(detail)
         object.__setattr__(self, "detail", detail)
         object.__setattr__(self, "signatures", _checked_signatures(self.signatures))
+        # Validates detail now, so a bad value fails here and not at append time.
+        object.__setattr__(self, "_detail_json", canonical_json(detail).decode())
 
     @property
     def time_ms(self) -> int:
@@ -156,9 +153,38 @@ class UsageEvent:
         )
 
 
+_CANONICAL_TEMPLATE = (
+    '{"bytes":%d,"consumer":%s,"dataset_id":%s,"detail":%s,"job_id":%s,"kind":%s,'
+    '"provider":%s,"purpose":%s,"round":%d,"rows":%d,"signatures":{%s},'
+    '"time_ms":%d,"v":%d}'
+)
+
+
 def canonical_event(event: UsageEvent) -> bytes:
-    """Return the RFC 8785 bytes of the event, signatures included."""
-    return canonical_json(event.to_dict())
+    """Return the RFC 8785 bytes of the event, signatures included.
+
+    Equal to ``canonical_json(event.to_dict())``, written directly because the
+    top-level keys and their types are fixed (keys here in sorted order).
+    """
+    signatures = ",".join(
+        f'"{key}":"{value}"' for key, value in sorted(event.signatures.items())
+    )
+    text = _CANONICAL_TEMPLATE % (
+        event.bytes,
+        json_string(event.consumer),
+        json_string(event.dataset_id),
+        event._detail_json,  # type: ignore[attr-defined]
+        json_string(event.job_id),
+        json_string(event.kind),
+        json_string(event.provider),
+        json_string(event.purpose),
+        event.round,
+        event.rows,
+        signatures,
+        event.time_ms,
+        EVENT_VERSION,
+    )
+    return text.encode("utf-8")
 
 
 def event_hash(event: UsageEvent) -> bytes:
@@ -212,6 +238,19 @@ class LogEntry:
     event_hash: bytes
     prev_hash: bytes
     entry_hash: bytes
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise InvalidInput(f"usage event field {name!r} must be a string, got {value!r}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"usage event field {name!r} holds a lone surrogate, got {value!r}: "
+                f"pass valid Unicode text"
+            ) from exc
 
 
 def _check_count(name: str, value: Any) -> None:

@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-fsync",
         action="store_true",
-        help="run the server without fsync per block (survives kill -9, not power loss)",
+        help="skip the fsync per block: survives kill -9, not a power loss",
     )
     arguments = parser.parse_args(argv)
     figures = run(arguments.transactions, arguments.senders, not arguments.no_fsync)

@@ -67,10 +67,10 @@ logger = logging.getLogger("citymesh.ledger")
 DEFAULT_CHAIN_ID = 1337
 DEFAULT_GAS_LIMIT = 30_000_000
 # Tip that eth_maxPriorityFeePerGas suggests, in wei. The chain mines every valid
-# transaction at once, so any tip works; 1 gwei matches geth's default suggestion.
+# transaction at once, so any tip works, and 1 gwei is a common default.
 SUGGESTED_PRIORITY_FEE = 10**9
 # Seconds a transaction whose nonce is ahead of its sender's account waits for the
-# missing nonces to arrive (concurrent senders' requests may reach us out of order).
+# missing nonces, because concurrent requests of one sender may arrive out of order.
 DEFAULT_NONCE_WAIT = 2.0
 DEFAULT_MAX_LOG_RESULTS = 50_000
 MAX_FEE_HISTORY_BLOCKS = 1024
@@ -90,7 +90,7 @@ class TransactionRejected(ChainError):
 
 
 class ExecutionReverted(ChainError):
-    """A call or gas estimate ran into REVERT; ``data`` holds the revert bytes."""
+    """A call or gas estimate stopped at REVERT. ``data`` is the revert output."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -129,7 +129,7 @@ class CallRequest:
 
 @dataclass(frozen=True, slots=True)
 class LogFilter:
-    """The filter object of eth_getLogs; an empty tuple matches anything."""
+    """The filter object of eth_getLogs. An empty tuple matches any value."""
 
     from_block: BlockRef = "latest"
     to_block: BlockRef = "latest"
@@ -158,7 +158,7 @@ def _chain_class(chain_id: int, gas_limit: int) -> type[MiningChain]:
         def create_header_from_parent(
             self, parent_header: BlockHeaderAPI, **header_params: Any
         ) -> BlockHeaderAPI:
-            # py-evm moves each block's gas limit toward its own target; a chain
+            # py-evm moves each block's gas limit toward its own target, so a chain
             # that keeps the default shrinks until transactions no longer fit.
             header_params["gas_limit"] = gas_limit
             return super().create_header_from_parent(parent_header, **header_params)
@@ -202,8 +202,12 @@ class EmbeddedChain:
 
     ``prefund`` (hex address to wei) and ``gas_limit`` take effect when the state file
     is new. Reopening a file checks ``chain_id`` and ``gas_limit`` against the stored
-    ones and raises InvalidInput on a mismatch; a different ``prefund`` is logged and
-    ignored. ``durable`` is passed to ``ChainStore``. Methods are thread-safe.
+    ones and raises InvalidInput on a mismatch, but only logs a different ``prefund``.
+    ``durable`` is passed to ``ChainStore``. Methods are thread-safe.
+
+    NOTE: a block's timestamp is at least its parent's plus 1 s (a consensus rule), so
+    during a burst of more than one transaction a second, block times run ahead of
+    the clock until the burst ends.
     """
 
     def __init__(
@@ -253,13 +257,13 @@ class EmbeddedChain:
         path = str(self._store.path)
         if int(stored_chain_id) != self.chain_id:
             raise InvalidInput(
-                f"state file {path!r} holds chain id {stored_chain_id}, not "
+                f"state file {path!r} has chain id {stored_chain_id}, not "
                 f"{self.chain_id}; pass chain_id={stored_chain_id} or use a new file"
             )
         stored_gas_limit = int(self._store.get_meta("gas_limit") or 0)
         if stored_gas_limit != self.gas_limit:
             raise InvalidInput(
-                f"state file {path!r} holds block gas limit {stored_gas_limit}, not "
+                f"state file {path!r} has block gas limit {stored_gas_limit}, not "
                 f"{self.gas_limit}; pass gas_limit={stored_gas_limit} or use a new file"
             )
         if prefund_given and _alloc_json(accounts) != self._store.get_meta("alloc"):
@@ -321,7 +325,7 @@ class EmbeddedChain:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the chain lock; drop any py-evm writes that a read left behind."""
+        """Hold the chain lock, then drop any py-evm writes that a read left behind."""
         with self._condition:
             if self._closed:
                 raise ChainError(
@@ -333,7 +337,7 @@ class EmbeddedChain:
                 self._store.discard()
 
     def close(self) -> None:
-        """Close the state file. Idempotent; later calls raise ChainError."""
+        """Close the state file. A second call does nothing, other calls raise."""
         with self._condition:
             if self._closed:
                 return
@@ -548,7 +552,7 @@ class EmbeddedChain:
         return [format_log(record) for record in records]
 
     def _clamped_number(self, ref: BlockRef) -> int:
-        """Resolve a filter bound; a number beyond the head stays as given."""
+        """Resolve a filter bound. A number beyond the head stays as given."""
         if isinstance(ref, int) and not isinstance(ref, bool) and ref >= 0:
             return ref
         return self._block_number(ref)
@@ -671,7 +675,7 @@ class EmbeddedChain:
             state.revert(snapshot)
 
     def call(self, request: CallRequest, block: BlockRef = "latest") -> bytes:
-        """Run eth_call and return the output; raise ExecutionReverted on REVERT."""
+        """Run eth_call and return the output. Raise ExecutionReverted on REVERT."""
         with self._locked():
             header = self._header(block)
             computation = self._execute(
@@ -682,13 +686,17 @@ class EmbeddedChain:
         return computation.output
 
     def estimate_gas(self, request: CallRequest, block: BlockRef = "latest") -> int:
-        """Return the gas ``request`` needs, by bisection as geth's eth_estimateGas."""
+        """Return the gas ``request`` needs, found by bisection as geth does."""
         with self._locked():
             header = self._header(block)
             high = self._gas_allowance(request, header)
             if self._is_plain_transfer(request, header):
-                if self._execute(request, header, GAS_TX).is_error:
-                    raise ExecutionFailed("plain transfer failed")
+                computation = self._execute(request, header, GAS_TX)
+                if computation.is_error:
+                    raise ExecutionFailed(
+                        f"value transfer to {hex_address(request.to)} failed: "
+                        f"{computation.error}"
+                    )
                 return GAS_TX
             computation = self._execute(request, header, high)
             if computation.is_error:
@@ -807,8 +815,9 @@ class EmbeddedChain:
         state: StateAPI,
         account_nonce: int,
     ) -> None:
-        """Raise TransactionRejected with geth's wording if the block would reject it."""
+        """Raise TransactionRejected, in geth's words, if a block would reject it."""
         address = hex_address(sender)
+
         if transaction.chain_id is not None and transaction.chain_id != self.chain_id:
             raise TransactionRejected(
                 f"invalid chain id: have {transaction.chain_id} want {self.chain_id}"
@@ -818,6 +827,7 @@ class EmbeddedChain:
                 f"nonce too low: address {address}, tx: {transaction.nonce} "
                 f"state: {account_nonce}"
             )
+
         minimum_gas = max(transaction.intrinsic_gas, data_floor_gas(transaction.data))
         if transaction.gas < minimum_gas:
             raise TransactionRejected(
@@ -828,6 +838,7 @@ class EmbeddedChain:
                 f"exceeds block gas limit: gas {transaction.gas}, "
                 f"limit {self.gas_limit}"
             )
+
         if transaction.max_priority_fee_per_gas > transaction.max_fee_per_gas:
             raise TransactionRejected(
                 "max priority fee per gas higher than max fee per gas: "
@@ -846,6 +857,7 @@ class EmbeddedChain:
             transaction.validate()
         except ValidationError as error:
             raise TransactionRejected(f"invalid transaction: {error}") from None
+
         balance = state.get_balance(sender)
         cost = transaction.gas * transaction.max_fee_per_gas + transaction.value
         if balance < cost:
@@ -856,8 +868,8 @@ class EmbeddedChain:
 
     def _mine(self, transaction: SignedTransactionAPI, sender: bytes) -> None:
         parent = self._head
-        # Reuse the next-block header that mining the parent left behind (building
-        # one costs about a millisecond), with the timestamp brought up to now.
+        # Reuse the next-block header that mining the parent left behind, because
+        # building one is a visible share of a block's cost. Bring its time to now.
         now = int(time.time())
         if self._chain.header.timestamp < now:
             self._chain.header = self._chain.header.copy(timestamp=now)

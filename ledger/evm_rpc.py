@@ -1,9 +1,9 @@
 """JSON-RPC 2.0 dispatch of the Ethereum execution API onto ``EmbeddedChain``.
 
 ``RpcHandler.handle_body`` takes a request body (one request or a batch) and returns
-the response body. Errors follow geth: a revert is code 3 with message
-``execution reverted: <reason>`` and the revert bytes as ``data``; a rejected
-transaction is code -32000 with geth's message.
+the response body. Errors follow geth. A revert is code 3 with the message
+``execution reverted: <reason>`` and the revert output as ``data``, so web3.py
+raises ContractLogicError. A rejected transaction is code -32000 with geth's message.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def parse_hash(value: Any, name: str = "hash") -> bytes:
 
 
 def parse_block_ref(value: Any, name: str = "block") -> BlockRef:
-    """Parse a block number, tag, hash or EIP-1898 object; None means latest."""
+    """Parse a block number, tag, hash or EIP-1898 object. None means latest."""
     if value is None:
         return "latest"
     if isinstance(value, dict):
@@ -179,6 +179,7 @@ def parse_call(value: Any) -> CallRequest:
 def parse_filter(value: Any) -> LogFilter:
     if not isinstance(value, dict):
         raise _invalid("filter", value, "a filter object")
+
     block_hash = value.get("blockHash")
     from_block = value.get("fromBlock")
     to_block = value.get("toBlock")
@@ -194,6 +195,7 @@ def parse_filter(value: Any) -> LogFilter:
         addresses = [addresses]
     elif not isinstance(addresses, list):
         raise _invalid("address", addresses, "an address or a list of addresses")
+
     topics = value.get("topics") or []
     if not isinstance(topics, list) or len(topics) > 4:
         raise _invalid("topics", topics, "a list of at most 4 topic positions")
@@ -212,6 +214,7 @@ def parse_filter(value: Any) -> LogFilter:
                 )
         else:
             raise _invalid("topic", position, "null, a topic or a list of topics")
+
     criteria = len(addresses) + sum(len(t) for t in parsed_topics if t)
     if criteria > MAX_FILTER_CRITERIA:
         raise RpcError(
@@ -219,6 +222,7 @@ def parse_filter(value: Any) -> LogFilter:
             f"filter has {criteria} addresses and topics, more than "
             f"{MAX_FILTER_CRITERIA}; split the query",
         )
+
     return LogFilter(
         from_block=parse_block_ref(from_block, "fromBlock"),
         to_block=parse_block_ref(to_block, "toBlock"),
@@ -229,7 +233,7 @@ def parse_filter(value: Any) -> LogFilter:
 
 
 def _arguments(params: list[Any], required: int, optional: int = 0) -> list[Any]:
-    """Check the positional parameter count; pad missing optional ones with None."""
+    """Check the positional parameter count and pad missing optional ones with None."""
     if not required <= len(params) <= required + optional:
         expected = str(required)
         if optional:
@@ -307,7 +311,7 @@ class RpcHandler:
     # Envelope
 
     def handle_body(self, body: bytes) -> bytes | None:
-        """Answer one request or a batch; None when only notifications were sent."""
+        """Return the response body, or None when the body has only notifications."""
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
@@ -335,7 +339,7 @@ class RpcHandler:
         return None if response is None else json.dumps(response).encode()
 
     def handle_request(self, request: Any) -> dict[str, Any] | None:
-        """Answer one request object; None for a notification (a request without id)."""
+        """Return the response object, or None for a notification (no ``id``)."""
         if not isinstance(request, dict):
             error = RpcError(INVALID_REQUEST, "request must be a JSON object")
             return _error_response(None, error)
@@ -362,7 +366,7 @@ class RpcHandler:
         return response if "id" in request else None
 
     def call(self, method: str, params: list[Any]) -> Any:
-        """Run one method; raise RpcError with the JSON-RPC code on any failure."""
+        """Run one method. Raise RpcError with the JSON-RPC code on any failure."""
         handler = self._methods.get(method)
         if handler is None:
             raise RpcError(

@@ -1,7 +1,7 @@
 """Ethereum JSON-RPC over HTTP for the embedded py-evm chain.
 
-``serve`` runs the server in the foreground until SIGINT or SIGTERM; ``ChainServer``
-runs it in a background thread (tests, demos). Run it from a shell with
+``serve`` runs the server in the foreground until SIGINT or SIGTERM, and
+``ChainServer`` also runs it in a background thread (tests, demos). From a shell:
 ``python -m citymesh.ledger.evm_server --state chain.sqlite --prefund 0xADDR=WEI``.
 """
 
@@ -146,7 +146,7 @@ class ChainServer:
         return f"http://{host}:{self.port}"
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (or ``stop``); blocks the calling thread."""
+        """Serve until SIGINT, SIGTERM or ``stop``, blocking the calling thread."""
         logger.info(
             "serving chain id %d at %s (state %s, head block %d)",
             self.chain.chain_id,
@@ -176,7 +176,7 @@ class ChainServer:
         self._server.should_exit = True
 
     def start(self) -> None:
-        """Serve from a daemon thread; return once the server accepts connections."""
+        """Serve from a daemon thread and return once the server accepts connections."""
         self._thread = threading.Thread(
             target=self.run, name=f"chain-server-{self.port}", daemon=True
         )
@@ -218,8 +218,8 @@ def serve(
     """Open (or create) the chain in ``state_path`` and serve it until a signal.
 
     ``prefund`` maps hex addresses to wei and applies only when the file is new.
-    ``durable=False`` skips the fsync per block: a killed process loses nothing,
-    a power loss may lose the last blocks. SIGINT and SIGTERM finish the requests
+    ``durable=False`` skips the fsync per block. A killed process then loses nothing,
+    but a power loss may lose the last blocks. SIGINT and SIGTERM finish the requests
     in flight, then close the state file.
     """
     with EmbeddedChain(
@@ -248,7 +248,7 @@ def _argument_parser() -> argparse.ArgumentParser:
         description="Serve the embedded py-evm chain over Ethereum JSON-RPC.",
     )
     parser.add_argument(
-        "--state", required=True, type=Path, help="SQLite file holding the chain"
+        "--state", required=True, type=Path, help="SQLite file that stores the chain"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
@@ -262,7 +262,7 @@ def _argument_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ADDRESS=WEI",
-        help="fund an account in the genesis block (repeatable; new files only)",
+        help="fund an account in the genesis block of a new file (repeatable)",
     )
     parser.add_argument(
         "--no-fsync",

@@ -1,6 +1,6 @@
 """SQLite storage for the embedded EVM chain.
 
-One SQLite file holds py-evm's key-value database (table ``kv``) and the indexes that
+One SQLite file contains py-evm's key-value database (table ``kv``) and the indexes that
 the JSON-RPC server reads (tables ``transactions`` and ``logs``). py-evm writes go to
 an in-memory overlay first. ``ChainStore.commit_block`` then writes the overlay and the
 block's index rows in one SQLite transaction, so a crash leaves either the whole block
@@ -91,7 +91,7 @@ _DELETED = object()
 
 
 class StateFileInUse(ChainError):
-    """Another process (or another open chain) holds the state file."""
+    """Another process, or another open chain, has the state file open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class TransactionRecord:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """Index row of one log entry; ``log_index`` counts logs within the block."""
+    """Index row of one log entry. ``log_index`` counts logs within the block."""
 
     block_number: int
     log_index: int
@@ -353,7 +353,7 @@ class ChainStore:
         topics: Sequence[Sequence[bytes] | None] = (),
         limit: int | None = None,
     ) -> list[LogRecord]:
-        """Return logs in ``[from_block, to_block]`` matching the filter, in chain order.
+        """Return the logs in ``[from_block, to_block]`` that match, in chain order.
 
         ``addresses`` matches any of them (empty: any address). ``topics[i]`` matches
         any of its values at position i (``None`` or empty: any value). ``limit`` caps

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from citymesh.errors import InvalidInput
 
 from .compare import compare
-from .engine import simulate
+from .engine import Simulation, check_hours, resolve_architecture
 from .policies import ARCHITECTURE_NAMES
 from .report import print_comparison, print_run
 from .scenario import load_scenario, shipped_scenarios
@@ -121,16 +121,12 @@ def run(
     """Run one architecture on a scenario and print a summary."""
     spec = _load(scenario)
     try:
-        with _progress_bar() as update:
-            result = simulate(
-                spec,
-                architecture,
-                seed=seed,
-                hours=hours,
-                on_progress=lambda now, horizon: update(architecture, now, horizon),
-            )
+        chosen = resolve_architecture(spec, architecture)
+        simulation = Simulation(spec, chosen, seed=seed, hours=hours)
     except InvalidInput as error:
         raise _fail(error) from None
+    with _progress_bar() as update:
+        result = simulation.run(lambda now, horizon: update(chosen.name, now, horizon))
 
     if output is OutputFormat.json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -154,6 +150,7 @@ def compare_command(
     """Run isolated departments, hub only and hub plus edge on the same workload."""
     spec = _load(scenario)
     try:
+        check_hours(hours)
         with _progress_bar() as update:
             comparison = compare(spec, seed=seed, hours=hours, on_progress=update)
     except InvalidInput as error:

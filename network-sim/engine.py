@@ -59,6 +59,12 @@ def resolve_architecture(
     )
 
 
+def check_hours(hours: float | None) -> None:
+    """Raise ScenarioError unless ``hours`` is None or a positive number."""
+    if hours is not None and not hours > 0:
+        raise ScenarioError(f"hours must be greater than 0, got {hours!r}")
+
+
 class Simulation:
     """One run: a SimPy environment with the pools, network and streams."""
 
@@ -71,8 +77,7 @@ class Simulation:
         hours: float | None = None,
         trace: bool = False,
     ) -> None:
-        if hours is not None and not hours > 0:
-            raise ScenarioError(f"hours must be greater than 0, got {hours!r}")
+        check_hours(hours)
         self.scenario = scenario
         self.architecture = architecture
         self.seed = scenario.seed if seed is None else seed

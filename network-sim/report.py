@@ -151,10 +151,9 @@ def comparison_tables(comparison: Comparison) -> Group:
         "kWh/day",
         "cost/day",
     )
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column == "architecture" else "right"
-        )
+    table.add_column(columns[0], no_wrap=True)
+    for column in columns[1:]:
+        table.add_column(column, justify="right")
     for result in comparison.results:
         per_day = 24 / result.hours
         table.add_row(

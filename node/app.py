@@ -7,6 +7,9 @@ Endpoints and their authentication:
 - GET  /catalog/search         none, or signed (required when
                                require_signed_catalog is set)
 - GET  /catalog/datasets/{id}  same as search
+- GET  /catalog/federated      none; searches the peers with this node's signature
+- GET  /catalog/dcat           none; DCAT-AP 3 JSON-LD of the catalog
+- GET  /catalog/datasets/{id}/lineage   none
 - POST /catalog/ingest         operator token; the body is the file
 - GET  /ledger/events          signed by a registered, active node
 - POST /ledger/anchor          operator token
@@ -31,19 +34,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from citymesh.catalog.ingest import FileTooLarge
-from citymesh.catalog.policy import ExtractRequest
-from citymesh.catalog.readers import FORMATS
-from citymesh.catalog.store import DuplicateDataset, SearchQuery
-from citymesh.node.context import NodeContext
-from citymesh.node.exchange import ARROW_STREAM_MEDIA_TYPE
-from citymesh.node.settings import NodeSettings
-from citymesh.node.signing import SIGNED_HEADERS, SignerInfo, SignerResolver
-from citymesh.node.usage import ANONYMOUS
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from citymesh.catalog.codes import shared_codes
+from citymesh.catalog.dcat import export_dcat
+from citymesh.catalog.ingest import FileTooLarge
+from citymesh.catalog.lineage import lineage
+from citymesh.catalog.policy import ExtractRequest
+from citymesh.catalog.readers import FORMATS
+from citymesh.catalog.store import DuplicateDataset, SearchQuery
 from citymesh.errors import (
     AuthError,
     ChainError,
@@ -52,6 +53,12 @@ from citymesh.errors import (
     NotFound,
     PolicyViolation,
 )
+from citymesh.node.context import NodeContext
+from citymesh.node.exchange import ARROW_STREAM_MEDIA_TYPE
+from citymesh.node.federated import DEFAULT_DEADLINE_S, federated_search_async
+from citymesh.node.settings import NodeSettings
+from citymesh.node.signing import SIGNED_HEADERS, SignerInfo, SignerResolver
+from citymesh.node.usage import ANONYMOUS
 
 log = logging.getLogger("citymesh.node")
 
@@ -180,7 +187,43 @@ def create_app(
             offset=offset,
         )
         page = await run_in_threadpool(context.search, query, consumer)
-        return page.public()
+        return {**page.public(), "code_list": shared_codes().info()}
+
+    @app.get("/catalog/federated")
+    async def federated(
+        code: str | None = None,
+        q: str | None = None,
+        city: str | None = None,
+        grade: str | None = None,
+        tier: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        deadline_s: float = Query(DEFAULT_DEADLINE_S, gt=0, le=30),
+    ) -> dict[str, Any]:
+        peers = await run_in_threadpool(context.peer_urls)
+        result = await federated_search_async(
+            peers,
+            code=code,
+            keyword=q,
+            city=city,
+            grade=grade,
+            tier=tier,
+            limit=limit,
+            offset=offset,
+            deadline_s=deadline_s,
+            signer=context.identity,
+        )
+        return result.to_json()
+
+    @app.get("/catalog/dcat")
+    async def dcat() -> dict[str, Any]:
+        entries = await run_in_threadpool(context.store.all)
+        return export_dcat(entries, city=settings.city, base_url=settings.endpoint)
+
+    @app.get("/catalog/datasets/{dataset_id}/lineage")
+    async def dataset_lineage(dataset_id: str) -> dict[str, Any]:
+        graph = await run_in_threadpool(lineage, context.store, dataset_id)
+        return graph.to_json()
 
     @app.get("/catalog/datasets/{dataset_id}")
     async def dataset(

@@ -6,7 +6,7 @@ import time
 import uuid
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from citymesh.errors import InvalidInput, NotFound
 
@@ -79,7 +79,7 @@ class ApprovalStore:
             Approval.dataset_id == dataset_id,
             Approval.consumer == consumer.lower(),
             Approval.purpose == purpose,
-            Approval.revoked == False,
+            col(Approval.revoked).is_(False),
         )
         with Session(self.engine, expire_on_commit=False) as session:
             for approval in session.exec(statement):

@@ -12,13 +12,12 @@ from typing import Any, Self
 
 import httpx
 import pyarrow as pa
+
 from citymesh.catalog.codes import UnknownCode
 from citymesh.catalog.ingest import FileTooLarge
 from citymesh.catalog.names import UnsafeName
 from citymesh.catalog.readers import CorruptFile, EmptyFile, SchemaMismatch
 from citymesh.catalog.store import DuplicateDataset
-from citymesh.node.signing import SignedRequestAuth, Signer
-
 from citymesh.errors import (
     AuthError,
     ChainError,
@@ -27,6 +26,7 @@ from citymesh.errors import (
     NotFound,
     PolicyViolation,
 )
+from citymesh.node.signing import SignedRequestAuth, Signer
 
 DEFAULT_TIMEOUT_S = 30.0
 UPLOAD_CHUNK = 1 << 20

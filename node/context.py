@@ -10,6 +10,7 @@ from typing import Any
 from citymesh.catalog.ingest import ingest_file
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.store import CatalogStore, SearchPage, SearchQuery
+from citymesh.errors import AuthError, InvalidInput
 from citymesh.node.approvals import ApprovalStore
 from citymesh.node.identity import (
     NodeIdentity,
@@ -24,8 +25,6 @@ from citymesh.node.signing import (
     reject_all_resolver,
 )
 from citymesh.node.usage import OPERATOR, UsageRecorder
-
-from citymesh.errors import AuthError, InvalidInput
 
 log = logging.getLogger("citymesh.node")
 
@@ -221,6 +220,21 @@ class NodeContext:
             detail={"approval_id": approval.id, "expires_at": expires_at},
         )
         return approval
+
+    def peer_urls(self) -> list[str]:
+        """Return the peers for federated search: settings, else the registry."""
+        if self.settings.peers:
+            return list(self.settings.peers)
+        if not (self.settings.chain_url and self.settings.deployment_path):
+            return []
+        return [
+            record.endpoint
+            for record in self.chain().nodes()
+            if record.active
+            and record.role == 1
+            and record.account.lower() != self.identity.account.lower()
+            and record.endpoint
+        ]
 
     def anchor(self, max_events: int | None = None) -> list[Any]:
         """Anchor every waiting usage event on chain and return the batches sent.

@@ -30,12 +30,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+
 from citymesh.catalog.deid import deidentify, k_anonymity
 from citymesh.catalog.names import dataset_path
 from citymesh.catalog.policy import ExtractPlan, ExtractRequest, plan_extract
-from citymesh.node.signing import SignerInfo
-
 from citymesh.errors import AuthError, NotFound, PolicyViolation
+from citymesh.node.signing import SignerInfo
 
 log = logging.getLogger("citymesh.node")
 

@@ -6,14 +6,13 @@ import logging
 from pathlib import Path
 
 from citymesh.catalog.ingest import check_city
+from citymesh.errors import InvalidInput
 from citymesh.node.identity import (
     NodeIdentity,
     create_operator_token,
     load_or_create_deid_secret,
 )
 from citymesh.node.settings import CONFIG_FILE, NodeSettings, toml_text
-
-from citymesh.errors import InvalidInput
 
 log = logging.getLogger("citymesh.node")
 
@@ -35,9 +34,9 @@ def init_home(
 
     The home contains node.toml, keys/ and data/. The keys folder contains the
     Ed25519 signing key, the ledger account key, the operator token and the
-    de-identification secret, each with mode 0600. The node creates node.db and usage.db when it first opens
-    them. Raises InvalidInput if ``home`` already contains a node.toml, so
-    existing keys are never overwritten.
+    de-identification secret, each with mode 0600. The node creates node.db
+    and usage.db when it first opens them. Raises InvalidInput if ``home``
+    already contains a node.toml, so existing keys are never overwritten.
     """
     home = Path(home).resolve()
     check_city(city)

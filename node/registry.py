@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from citymesh.node.signing import SignerInfo, SignerResolver
-
 from citymesh.errors import ChainError, NotFound
+from citymesh.node.signing import SignerInfo, SignerResolver
 
 log = logging.getLogger("citymesh.node")
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import uvicorn
+
 from citymesh.node.app import create_app
 from citymesh.node.settings import load_settings
 

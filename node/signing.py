@@ -174,7 +174,11 @@ class RequestVerifier:
         """Return the signer of a request or raise AuthError saying why not."""
         lowered = {key.lower(): value for key, value in headers.items()}
         values = [lowered.get(name.lower()) for name in SIGNED_HEADERS]
-        missing = [name for name, value in zip(SIGNED_HEADERS, values) if not value]
+        missing = [
+            name
+            for name, value in zip(SIGNED_HEADERS, values, strict=True)
+            if not value
+        ]
         if missing:
             raise AuthError(
                 f"unsigned request: headers {missing!r} are missing; sign the "

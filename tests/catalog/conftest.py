@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
+
 from citymesh.catalog.store import CatalogStore
 
 FLIGHT_ROWS = 2000

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from citymesh.catalog.codes import (
     CodeList,
     UnknownCode,
@@ -8,7 +9,6 @@ from citymesh.catalog.codes import (
     check_tier,
     shared_codes,
 )
-
 from citymesh.errors import InvalidInput
 
 

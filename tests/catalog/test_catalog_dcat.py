@@ -1,37 +1,67 @@
+import json
+
 import pytest
 
 from citymesh.catalog.dcat import check_dcat, export_dcat
 from citymesh.catalog.ingest import ingest_file
 
-pytest.importorskip("rdflib")
-from rdflib import Graph, URIRef  # noqa: E402
-from rdflib.namespace import DCAT, DCTERMS, RDF  # noqa: E402
+rdflib = pytest.importorskip("rdflib")
+DCAT = rdflib.Namespace("http://www.w3.org/ns/dcat#")
+DCTERMS = rdflib.Namespace("http://purl.org/dc/terms/")
 
 
 def test_dcat_export_valid(flights_csv, node_dirs):
     data, store = node_dirs
-    ingest_file(flights_csv, data_dir=data, store=store, city="ewr", name="flights",
-                code="04.5.4", keywords=["air"], grade="general.1")
-    ingest_file(flights_csv, data_dir=data, store=store, city="ewr", name="wards",
-                code="07.3.1", grade="core")
+    ingest_file(
+        flights_csv,
+        data_dir=data,
+        store=store,
+        city="ewr",
+        name="flights",
+        code="04.5.4",
+        keywords=["air"],
+        grade="general.1",
+    )
+    ingest_file(
+        flights_csv,
+        data_dir=data,
+        store=store,
+        city="ewr",
+        name="wards",
+        code="07.3.1",
+        grade="core",
+    )
     document = export_dcat(store.all(), city="ewr", base_url="http://127.0.0.1:8701/")
     assert check_dcat(document) == []
-    graph = Graph().parse(data=__import__("json").dumps(document), format="json-ld")
-    datasets = sorted(str(s) for s in graph.subjects(RDF.type, DCAT.Dataset))
-    assert datasets == ["http://127.0.0.1:8701/catalog/datasets/ewr:flights",
-                        "http://127.0.0.1:8701/catalog/datasets/ewr:wards"]
-    flights = URIRef(datasets[0])
+    graph = rdflib.Graph().parse(data=json.dumps(document), format="json-ld")
+    datasets = sorted(str(s) for s in graph.subjects(rdflib.RDF.type, DCAT.Dataset))
+    assert datasets == [
+        "http://127.0.0.1:8701/catalog/datasets/ewr:flights",
+        "http://127.0.0.1:8701/catalog/datasets/ewr:wards",
+    ]
+    flights = rdflib.URIRef(datasets[0])
     themes = {str(o) for o in graph.objects(flights, DCAT.theme)}
-    assert themes == {"http://publications.europa.eu/resource/authority/data-theme/TRAN"}
-    rights = {str(o) for o in graph.objects(URIRef(datasets[1]), DCTERMS.accessRights)}
+    assert themes == {
+        "http://publications.europa.eu/resource/authority/data-theme/TRAN"
+    }
+    rights = {
+        str(o) for o in graph.objects(rdflib.URIRef(datasets[1]), DCTERMS.accessRights)
+    }
     assert rights == {
-        "http://publications.europa.eu/resource/authority/access-right/NON_PUBLIC"}
+        "http://publications.europa.eu/resource/authority/access-right/NON_PUBLIC"
+    }
 
 
 def test_dcat_missing_title_detected(flights_csv, node_dirs):
     data, store = node_dirs
-    ingest_file(flights_csv, data_dir=data, store=store, city="ewr", name="flights",
-                code="04.5.4")
+    ingest_file(
+        flights_csv,
+        data_dir=data,
+        store=store,
+        city="ewr",
+        name="flights",
+        code="04.5.4",
+    )
     document = export_dcat(store.all(), city="ewr", base_url="http://127.0.0.1:1")
     del document["dcat:dataset"][0]["dct:title"]
     del document["dcat:dataset"][0]["dcat:distribution"]["dcat:accessURL"]

@@ -5,12 +5,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+
 from citymesh.catalog.codes import UnknownCode
 from citymesh.catalog.ingest import FileTooLarge, ingest_file
 from citymesh.catalog.names import UnsafeName
 from citymesh.catalog.readers import CorruptFile, EmptyFile, SchemaMismatch
 from citymesh.catalog.store import DuplicateDataset
-
 from citymesh.errors import InvalidInput, NotFound
 
 

@@ -11,8 +11,9 @@ def mapping(*pairs, **options):
 
 
 def test_mapping_resolves_chains():
-    result = validate_mapping(mapping(("TR-AIR", "04.5.4"), ("TR-CARGO", "TR-AIR"),
-                                      ("RD", "04.5.1")))
+    result = validate_mapping(
+        mapping(("TR-AIR", "04.5.4"), ("TR-CARGO", "TR-AIR"), ("RD", "04.5.1"))
+    )
     assert result.to_shared("TR-CARGO") == "04.5.4"
     assert result.to_shared("04.5.1") == "04.5.1"
     assert result.local_codes_for("04.5") == ["RD", "TR-AIR", "TR-CARGO"]
@@ -39,8 +40,9 @@ def test_mapping_cycle_rejected():
 
 
 def test_mapping_reports_every_problem(tmp_path):
-    doc = mapping(("04.5", "04.5.1"), ("X", "X"), ("Y", "nowhere"),
-                  code_list_version="0.9")
+    doc = mapping(
+        ("04.5", "04.5.1"), ("X", "X"), ("Y", "nowhere"), code_list_version="0.9"
+    )
     path = tmp_path / "map.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(InvalidMapping) as caught:

@@ -1,4 +1,5 @@
 import pytest
+
 from citymesh.catalog.names import UnsafeName, check_name, dataset_path, resolve_inside
 
 

@@ -3,10 +3,10 @@ import threading
 import uuid
 
 import pytest
-from citymesh.catalog.models import DatasetEntry
-from citymesh.catalog.store import CatalogStore, DuplicateDataset, SearchQuery
 from sqlalchemy import create_engine, text
 
+from citymesh.catalog.models import DatasetEntry
+from citymesh.catalog.store import CatalogStore, DuplicateDataset, SearchQuery
 from citymesh.errors import InvalidInput, NotFound
 
 POSTGRES_URL = os.environ.get(

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from citymesh.ledger.evm_chain import CallRequest, EmbeddedChain, ExecutionReverted
-from citymesh.ledger.evm_server import ChainServer, parse_prefund
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -24,6 +22,8 @@ from web3.exceptions import (
 )
 
 from citymesh.errors import ChainError, InvalidInput
+from citymesh.ledger.evm_chain import CallRequest, EmbeddedChain, ExecutionReverted
+from citymesh.ledger.evm_server import ChainServer, parse_prefund
 
 CHAIN_ID = 1337
 PREFUND_WEI = 10**24
@@ -170,7 +170,7 @@ def connect(url: str) -> Web3:
 
 
 def transact(w3: Web3, account: LocalAccount, transaction: dict) -> dict:
-    """Fill nonce, fees and gas through the node, sign locally, send, wait for receipt."""
+    """Fill nonce, fees and gas from the node, sign locally, send and wait."""
     transaction = dict(transaction)
     transaction.setdefault("from", account.address)
     transaction.setdefault(

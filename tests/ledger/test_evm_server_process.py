@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from citymesh.ledger.evm_chain import EmbeddedChain
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
+
+from citymesh.ledger.evm_chain import EmbeddedChain
 
 CHAIN_ID = 1337
 PREFUND_WEI = 10**24

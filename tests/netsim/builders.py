@@ -62,7 +62,11 @@ def workload(name: str, kind: str, **fields: object) -> str:
     """Return a ``[[cities.departments.workloads]]`` table."""
     lines = ["[[cities.departments.workloads]]", f'name = "{name}"', f'kind = "{kind}"']
     for key, value in fields.items():
-        if isinstance(value, str) and not value.startswith("{") and not value.startswith("["):
+        if (
+            isinstance(value, str)
+            and not value.startswith("{")
+            and not value.startswith("[")
+        ):
             lines.append(f'{key} = "{value}"')
         else:
             lines.append(f"{key} = {value}")

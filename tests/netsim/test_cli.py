@@ -48,7 +48,8 @@ def write_tiny(tmp_path):
 
 def test_run_json_output(tmp_path):
     result = runner.invoke(
-        app, ["run", str(write_tiny(tmp_path)), "--architecture", "hub", "--format", "json"]
+        app,
+        ["run", str(write_tiny(tmp_path)), "--architecture", "hub", "--format", "json"],
     )
     data = json.loads(result.stdout)
 
@@ -88,17 +89,28 @@ def test_compare_writes_plots(tmp_path):
 
 
 def test_compare_json_output(tmp_path):
-    result = runner.invoke(app, ["compare", str(write_tiny(tmp_path)), "--format", "json"])
+    result = runner.invoke(
+        app, ["compare", str(write_tiny(tmp_path)), "--format", "json"]
+    )
     data = json.loads(result.stdout)
 
     assert result.exit_code == 0
-    assert [run["architecture"] for run in data["results"]] == ["isolated", "hub", "hub_edge"]
+    assert [run["architecture"] for run in data["results"]] == [
+        "isolated",
+        "hub",
+        "hub_edge",
+    ]
     assert [run["inference"]["p50_ms"] for run in data["results"]] == [5.0, 17.0, 17.0]
 
 
 def test_bad_scenario_file_exits_1(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text(TINY.replace("count = 1 }]\n\n[[cities.districts]]", "count = -1 }]\n\n[[cities.districts]]"))
+    path.write_text(
+        TINY.replace(
+            "count = 1 }]\n\n[[cities.districts]]",
+            "count = -1 }]\n\n[[cities.districts]]",
+        )
+    )
     result = runner.invoke(app, ["run", str(path)])
 
     assert result.exit_code == 1

@@ -23,8 +23,12 @@ class SmallQueue(CentralQueue):
 # and large transfers still under way at the end of the 10-minute run.
 OVERLOADED = (
     workload(
-        "infer", "inference", rate_per_hour=144000, work_ms="{ gpu = 50 }",
-        max_wait_ms=200, work_cv=0.5,
+        "infer",
+        "inference",
+        rate_per_hour=144000,
+        work_ms="{ gpu = 50 }",
+        max_wait_ms=200,
+        work_cv=0.5,
     )
     + workload("exotic", "inference", rate_per_hour=3600, work_ms="{ tpu = 5 }")
     + workload("train", "training", rate_per_hour=60, work_hours="{ gpu = 1 }")
@@ -43,7 +47,9 @@ def test_conservation_under_overload():
     )
     assert workloads["infer"].dropped["timed_out"] > 0
     assert workloads["infer"].dropped["queue_full"] > 0
-    assert workloads["exotic"].dropped == {"no_eligible_pool": workloads["exotic"].arrived}
+    assert workloads["exotic"].dropped == {
+        "no_eligible_pool": workloads["exotic"].arrived
+    }
     assert done.in_transit > 0
     assert done.queued + done.running > 0
     for report in result.workloads:
@@ -68,7 +74,11 @@ def test_conservation_federated_job_in_progress():
     # 20 rounds of 100 s cannot finish in 6 minutes: the job is still running.
     spec = scenario(
         workload(
-            "fl", "federated", at_s=[0.0], rounds=20, round_work_s="{ gpu = 100 }",
+            "fl",
+            "federated",
+            at_s=[0.0],
+            rounds=20,
+            round_work_s="{ gpu = 100 }",
             partners='["p"]',
         ),
         hours=0.1,

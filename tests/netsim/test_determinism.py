@@ -30,7 +30,10 @@ def test_other_seed_other_result():
 
 def test_architectures_share_arrivals():
     spec = load_scenario("typhoon")
-    runs = [simulate(spec, name, seed=3, hours=0.5) for name in ("isolated", "hub", "hub_edge")]
+    runs = [
+        simulate(spec, name, seed=3, hours=0.5)
+        for name in ("isolated", "hub", "hub_edge")
+    ]
     arrived = [[w.arrived for w in run.workloads] for run in runs]
 
     assert arrived[0] == arrived[1]

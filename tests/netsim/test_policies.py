@@ -34,7 +34,11 @@ def test_latency_aware_prefers_edge_within_target():
 def test_latency_aware_falls_back_to_hub():
     spec = scenario(
         workload(
-            "infer", "inference", at_s=[0.0], work_ms="{ gpu = 5, npu = 200 }", target_ms=50
+            "infer",
+            "inference",
+            at_s=[0.0],
+            work_ms="{ gpu = 5, npu = 200 }",
+            target_ms=50,
         ),
         edge_pools='{ kind = "npu", count = 1 }',
     )
@@ -48,7 +52,10 @@ def test_compression_fits_model_on_edge():
     # 12 GB does not fit the 8 GB edge unit; compressed to 6 GB it does, and
     # runs 2x faster: 2 ms access + 40 / 2 ms.
     text = workload(
-        "infer", "inference", at_s=[0.0, 1.0], work_ms="{ gpu = 5, npu = 40 }",
+        "infer",
+        "inference",
+        at_s=[0.0, 1.0],
+        work_ms="{ gpu = 5, npu = 40 }",
         memory_gb=12,
     )
     edge = '{ kind = "npu", count = 1, memory_gb = 8 }'
@@ -80,7 +87,10 @@ def test_autoscaler_starts_and_stops_units():
     # 60 x 1 + 720 x 4 + 60 x 3 + 960 x 1 = 4,080.
     spec = scenario(
         workload(
-            "train", "training", at_s=[0.0, 0.0, 0.0, 0.0], work_hours="{ gpu = 0.1666666666666667 }"
+            "train",
+            "training",
+            at_s=[0.0, 0.0, 0.0, 0.0],
+            work_hours="{ gpu = 0.1666666666666667 }",
         ),
         hub_pools='{ kind = "gpu", count = 4, min_active = 1, cost_per_hour = 0, '
         "active_cost_per_hour = 1.0, power_busy_w = 0, power_idle_w = 0 }",
@@ -91,7 +101,9 @@ def test_autoscaler_starts_and_stops_units():
             interval_s=60, scale_up_queue=1, scale_down_idle_s=120, startup_s=30
         )
     )
-    sim = Simulation(spec, Architecture("scaled", "scaled", BatchFirst(), scaler), trace=True)
+    sim = Simulation(
+        spec, Architecture("scaled", "scaled", BatchFirst(), scaler), trace=True
+    )
     result = sim.run()
     starts = sorted(time for time, event, _, _ in sim.trace if event == "start")
     pool = result.pools[0]
@@ -131,7 +143,9 @@ class HubOnlyForTraining(PlacementPolicy):
     name = "edge_inference"
 
     def sites(self, topology):
-        return [site.name for site in topology.sites.values() if site.kind != "department"]
+        return [
+            site.name for site in topology.sites.values() if site.kind != "department"
+        ]
 
     def place(self, task):
         if task.realtime:

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from citymesh.errors import InvalidInput
-from citymesh.netsim import ScenarioError, load_scenario, parse_scenario, shipped_scenarios
+from citymesh.netsim import (
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    shipped_scenarios,
+)
 from citymesh.netsim.arrivals import arrival_times, rate_pieces, stream_seed
 from citymesh.netsim.specs import SurgeSpec, WorkloadSpec
 
@@ -35,7 +40,10 @@ def test_two_city_scenario_links_hubs():
     assert spec.links[0].a == "harbor/hub"
     assert spec.links[0].b == "ridge/hub"
     federated = [
-        w for city in spec.cities for d in city.departments for w in d.workloads
+        w
+        for city in spec.cities
+        for d in city.departments
+        for w in d.workloads
         if w.kind == "federated"
     ]
     assert len(federated) == 3
@@ -64,7 +72,9 @@ def test_load_missing_file_message(tmp_path):
     with pytest.raises(ScenarioError) as error:
         load_scenario(missing)
 
-    assert str(error.value) == f"scenario file {str(missing)!r} not found; check the path"
+    assert (
+        str(error.value) == f"scenario file {str(missing)!r} not found; check the path"
+    )
     assert isinstance(error.value, InvalidInput)
     assert isinstance(error.value, ValueError)
 
@@ -88,10 +98,13 @@ def test_parse_invalid_toml_message():
 
 def test_parse_unknown_key_message():
     with pytest.raises(ScenarioError) as error:
-        scenario(workload("infer", "inference", at_s=[0.0], work_ms="{ gpu = 5 }", colour=1))
+        scenario(
+            workload("infer", "inference", at_s=[0.0], work_ms="{ gpu = 5 }", colour=1)
+        )
 
     assert str(error.value).startswith(
-        "test.toml: unknown key 'cities[0].departments[0].workloads[0].colour'; allowed here: "
+        "test.toml: unknown key 'cities[0].departments[0].workloads[0].colour'; "
+        "allowed here: "
     )
 
 
@@ -149,7 +162,9 @@ def test_parse_work_must_be_positive():
 
 def test_parse_unknown_transfer_destination():
     with pytest.raises(ScenarioError) as error:
-        scenario(workload("upload", "transfer", at_s=[0.0], size_gb=1, destination="moon"))
+        scenario(
+            workload("upload", "transfer", at_s=[0.0], size_gb=1, destination="moon")
+        )
 
     assert str(error.value) == (
         "test.toml: department c/p workload 'upload': destination 'moon' is not a "
@@ -161,7 +176,11 @@ def test_parse_unknown_federated_partner():
     with pytest.raises(ScenarioError) as error:
         scenario(
             workload(
-                "fl", "federated", at_s=[0.0], round_work_s="{ gpu = 1 }", partners='["x/y"]'
+                "fl",
+                "federated",
+                at_s=[0.0],
+                round_work_s="{ gpu = 1 }",
+                partners='["x/y"]',
             )
         )
 
@@ -183,7 +202,9 @@ def test_parse_pattern_needs_24_values():
 def test_rate_pieces_follow_pattern_and_surge():
     pattern = tuple(float(hour) for hour in range(24))
     work = WorkloadSpec(name="w", kind="inference", rate_per_hour=3600.0)
-    surge = SurgeSpec("s", start_hour=1.5, hours=1.0, multiplier=10.0, categories=("x",))
+    surge = SurgeSpec(
+        "s", start_hour=1.5, hours=1.0, multiplier=10.0, categories=("x",)
+    )
     pieces = rate_pieces(work, pattern, [surge], horizon_s=3 * 3600, start_hour=0.0)
 
     # Rates per second: hour h has multiplier h; the surge covers 1.5 h to 2.5 h.

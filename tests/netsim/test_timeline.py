@@ -71,7 +71,9 @@ def test_transfers_share_link_bandwidth():
     # alone again with 0.5 GB left, at 2.0 s. Each adds the 12 ms round trip.
     spec = scenario(workload("upload", "transfer", at_s=[0.0, 0.5], size_gb=1.0))
     sim, result = run_traced(spec, "hub")
-    delivered = [(time, label) for time, event, label, _ in sim.trace if event == "delivered"]
+    delivered = [
+        (time, label) for time, event, label, _ in sim.trace if event == "delivered"
+    ]
 
     assert delivered == [
         (pytest.approx(1.512), "c/p/upload#0"),
@@ -87,7 +89,9 @@ def test_two_competing_jobs_queue_in_order():
     )
     sim, result = run_traced(spec, "isolated")
     starts = [(time, label) for time, event, label, _ in sim.trace if event == "start"]
-    finishes = [(time, label) for time, event, label, _ in sim.trace if event == "finish"]
+    finishes = [
+        (time, label) for time, event, label, _ in sim.trace if event == "finish"
+    ]
 
     assert starts == [
         (pytest.approx(0.0), "c/p/train#0"),
@@ -108,7 +112,11 @@ def test_inference_overtakes_queued_training():
     spec = scenario(
         workload("train", "training", at_s=[0.0, 1.0], work_hours="{ gpu = 0.01 }")
         + workload(
-            "infer", "inference", at_s=[2.0], work_ms="{ gpu = 5000 }", max_wait_ms=60000
+            "infer",
+            "inference",
+            at_s=[2.0],
+            work_ms="{ gpu = 5000 }",
+            max_wait_ms=60000,
         )
     )
     sim, _ = run_traced(spec, "isolated")

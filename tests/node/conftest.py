@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+
 from citymesh.node.app import create_app
 from citymesh.node.home import init_home
 from citymesh.node.identity import NodeIdentity, load_operator_token

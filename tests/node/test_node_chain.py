@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from eth_account import Account
+
+from citymesh.errors import AuthError
 from citymesh.ledger.chain import ChainClient, deploy
 from citymesh.ledger.evm_chain import EmbeddedChain
 from citymesh.ledger.evm_server import ChainServer
@@ -12,9 +15,6 @@ from citymesh.node.app import create_app
 from citymesh.node.client import NodeClient
 from citymesh.node.home import init_home
 from citymesh.node.identity import NodeIdentity, load_operator_token
-from eth_account import Account
-
-from citymesh.errors import AuthError
 
 # A public development key (anvil's first default account); funded only on this
 # throw-away chain.

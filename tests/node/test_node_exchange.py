@@ -12,18 +12,66 @@ from citymesh.ledger.events import UsageEvent, invalid_signers
 from citymesh.node.client import NodeClient
 
 RESIDENTS = [
-    ("Mary Johnson", "mary.johnson@example.org", "+1 612 555 0101", 44.977753,
-     -93.265015, 34, "F", "Whittier"),
-    ("James Smith", "jsmith@example.com", "(612) 555-0102", 44.948351, -93.275384,
-     35, "M", "Whittier"),
-    ("Linda Brown", "linda.b@example.net", "612-555-0103", 44.966617, -93.246458,
-     36, "F", "Whittier"),
-    ("Robert Davis", "rdavis@example.org", "+1 612 555 0104", 44.973711, -93.267431,
-     37, "M", "Whittier"),
-    ("Patricia Miller", "pmiller@example.com", "612.555.0105", 44.962189,
-     -93.291214, 38, "F", "Whittier"),
-    ("John Wilson", "john.wilson@example.org", "+1 612 555 0106", 44.951042,
-     -93.232184, 41, "M", "Phillips"),
+    (
+        "Mary Johnson",
+        "mary.johnson@example.org",
+        "+1 612 555 0101",
+        44.977753,
+        -93.265015,
+        34,
+        "F",
+        "Whittier",
+    ),
+    (
+        "James Smith",
+        "jsmith@example.com",
+        "(612) 555-0102",
+        44.948351,
+        -93.275384,
+        35,
+        "M",
+        "Whittier",
+    ),
+    (
+        "Linda Brown",
+        "linda.b@example.net",
+        "612-555-0103",
+        44.966617,
+        -93.246458,
+        36,
+        "F",
+        "Whittier",
+    ),
+    (
+        "Robert Davis",
+        "rdavis@example.org",
+        "+1 612 555 0104",
+        44.973711,
+        -93.267431,
+        37,
+        "M",
+        "Whittier",
+    ),
+    (
+        "Patricia Miller",
+        "pmiller@example.com",
+        "612.555.0105",
+        44.962189,
+        -93.291214,
+        38,
+        "F",
+        "Whittier",
+    ),
+    (
+        "John Wilson",
+        "john.wilson@example.org",
+        "+1 612 555 0106",
+        44.951042,
+        -93.232184,
+        41,
+        "M",
+        "Phillips",
+    ),
 ]
 
 
@@ -43,8 +91,18 @@ def residents_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("src") / "residents.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["full_name", "email", "phone", "lat", "long", "age",
-                         "gender", "neighborhood"])
+        writer.writerow(
+            [
+                "full_name",
+                "email",
+                "phone",
+                "lat",
+                "long",
+                "age",
+                "gender",
+                "neighborhood",
+            ]
+        )
         writer.writerows(RESIDENTS)
     return path
 
@@ -66,9 +124,12 @@ def test_extract_general_streams_filtered_rows(running_node, flights_csv):
     with operator(running_node) as client:
         client.ingest(flights_csv, name="flights", code="04.5.4")
     with consumer(running_node) as client:
-        result = client.extract("ewr:flights", purpose="research",
-                                columns=["carrier", "distance"],
-                                row_filter=[["distance", ">", 1000]])
+        result = client.extract(
+            "ewr:flights",
+            purpose="research",
+            columns=["carrier", "distance"],
+            row_filter=[["distance", ">", 1000]],
+        )
     local = pq.read_table(running_node.settings.data_dir / "flights.parquet")
     expected = local.filter(pc.greater(local["distance"], 1000))
     assert result.table.column_names == ["carrier", "distance"]
@@ -80,8 +141,10 @@ def test_extract_general_streams_filtered_rows(running_node, flights_csv):
     assert event.rows == expected.num_rows
     assert event.bytes == result.size
     assert event.detail["sha256"] == result.sha256
-    assert set(event.signatures) == {running_node.identity.public_key.hex(),
-                                     running_node.peer.public_key.hex()}
+    assert set(event.signatures) == {
+        running_node.identity.public_key.hex(),
+        running_node.peer.public_key.hex(),
+    }
     assert invalid_signers(event) == []
 
 
@@ -101,8 +164,9 @@ def test_extract_core_rejected_and_logged(running_node, flights_csv):
 
 def test_extract_important_needs_approval_and_deid(running_node, residents_csv):
     with operator(running_node) as client:
-        entry = client.ingest(residents_csv, name="residents", code="10.7.0",
-                              grade="important")
+        entry = client.ingest(
+            residents_csv, name="residents", code="10.7.0", grade="important"
+        )
     found = {item["column"]: item["category"] for item in entry["pii"]}
     assert found["full_name"] == "person_name"
     assert found["email"] == "email"
@@ -122,8 +186,11 @@ def test_extract_important_needs_approval_and_deid(running_node, residents_csv):
         with pytest.raises(PolicyViolation, match="needs an approval"):
             client.extract("ewr:residents", purpose="marketing")
         with pytest.raises(PolicyViolation, match="would reveal its raw values"):
-            client.extract("ewr:residents", purpose="housing study",
-                           row_filter=[["email", "==", "rdavis@example.org"]])
+            client.extract(
+                "ewr:residents",
+                purpose="housing study",
+                row_filter=[["email", "==", "rdavis@example.org"]],
+            )
     table = result.table
     assert "full_name" not in table.column_names
     assert table["email"][0].as_py() != RESIDENTS[0][1]
@@ -136,17 +203,25 @@ def test_extract_important_needs_approval_and_deid(running_node, residents_csv):
 def test_extract_k_anonymity_enforced(running_node, residents_csv):
     with operator(running_node) as client:
         client.ingest(residents_csv, name="residents", code="10.7.0")
-        policy = {"deid": {"full_name": {"action": "drop"},
-                           "email": {"action": "drop"},
-                           "phone": {"action": "drop"},
-                           "age": {"action": "generalize", "band": 10}},
-                  "quasi_identifiers": ["age", "neighborhood"], "k": 5}
+        policy = {
+            "deid": {
+                "full_name": {"action": "drop"},
+                "email": {"action": "drop"},
+                "phone": {"action": "drop"},
+                "age": {"action": "generalize", "band": 10},
+            },
+            "quasi_identifiers": ["age", "neighborhood"],
+            "k": 5,
+        }
         client.set_policy("ewr:residents", policy)
     with consumer(running_node) as client:
         with pytest.raises(PolicyViolation, match="not 5-anonymous"):
             client.extract("ewr:residents", purpose="study")
-        filtered = client.extract("ewr:residents", purpose="study",
-                                  row_filter=[["neighborhood", "==", "Whittier"]])
+        filtered = client.extract(
+            "ewr:residents",
+            purpose="study",
+            row_filter=[["neighborhood", "==", "Whittier"]],
+        )
     assert filtered.table["age"].to_pylist() == ["30-39"] * 5
 
 
@@ -184,8 +259,9 @@ def test_extract_bad_request_rejected(running_node, flights_csv):
         with pytest.raises(InvalidInput, match="no columns \\['nope'\\]"):
             client.extract("ewr:flights", purpose="x", columns=["nope"])
         with pytest.raises(InvalidInput, match="invalid filter operator '~'"):
-            client.extract("ewr:flights", purpose="x",
-                           row_filter=[["distance", "~", 1]])
+            client.extract(
+                "ewr:flights", purpose="x", row_filter=[["distance", "~", 1]]
+            )
 
 
 def test_receipt_unconfirmed_logged_by_sweep(running_node, flights_csv):

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from citymesh.catalog.ingest import FileTooLarge
 from citymesh.catalog.names import UnsafeName
+from citymesh.errors import AuthError, InvalidInput, NotFound
 from citymesh.node.client import NodeClient
 from citymesh.node.signing import sign_headers
-
-from citymesh.errors import AuthError, InvalidInput, NotFound
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@ import os
 import stat
 
 import pytest
+
+from citymesh.errors import InvalidInput
 from citymesh.node.home import init_home
 from citymesh.node.identity import NodeIdentity, load_operator_token
 from citymesh.node.settings import NodeSettings, load_settings
-
-from citymesh.errors import InvalidInput
 
 
 def mode(path) -> int:

@@ -1,8 +1,8 @@
 import pytest
-from citymesh.node.identity import NodeIdentity
-from citymesh.node.signing import RequestVerifier, dict_resolver, sign_headers
 
 from citymesh.errors import AuthError
+from citymesh.node.identity import NodeIdentity
+from citymesh.node.signing import RequestVerifier, dict_resolver, sign_headers
 
 NOW = 1_750_000_000.0
 TARGET = b"/ledger/events?from_seq=1"
