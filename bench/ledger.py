@@ -58,11 +58,17 @@ def _start_chain(folder: Path) -> tuple[subprocess.Popen, str]:
     log = (folder / "chain.log").open("w")
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "citymesh.ledger.evm_server",
-            "--state", str(folder / "chain.sqlite"),
-            "--port", str(port),
-            "--prefund", f"{admin}={10**6 * ETHER}",
-            "--log-level", "WARNING",
+            sys.executable,
+            "-m",
+            "citymesh.ledger.evm_server",
+            "--state",
+            str(folder / "chain.sqlite"),
+            "--port",
+            str(port),
+            "--prefund",
+            f"{admin}={10**6 * ETHER}",
+            "--log-level",
+            "WARNING",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -188,7 +194,9 @@ def main() -> None:
         "--onchain", type=int, default=300, help="per-event transactions to time"
     )
     arguments = parser.parse_args()
-    run(arguments.events, arguments.commit_size, arguments.batch_size, arguments.onchain)
+    run(
+        arguments.events, arguments.commit_size, arguments.batch_size, arguments.onchain
+    )
 
 
 if __name__ == "__main__":

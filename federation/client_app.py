@@ -10,6 +10,10 @@ Node config keys:
     dataset-id  catalog id of the dataset, recorded in usage events (optional)
     usage-log   path of the node's usage log; when set, one ``train_round`` event is
                 appended per training round (optional)
+    privacy-budgets
+                path of the node's per-dataset epsilon budgets (see
+                ``privacy.PrivacyBudgets``); when set, a differentially private
+                job must fit the dataset's budget before the node takes part
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .data import CitySplit, read_city
 from .encoding import FeatureEncoding, local_statistics
 from .metrics import ScoreHistogram
 from .model import build_model, predict_scores, train_epochs
+from .privacy import PrivacyBudgets, planned_epsilon
 from .spec import JobSpec
 
 log = logging.getLogger("citymesh.federation")
@@ -48,6 +53,8 @@ METRICS_KEY = "metrics"
 NODE_KEY = "node"
 STATISTICS_KEY = "statistics"
 WEIGHT_KEY = "num-examples"
+# Weight of every update under differential privacy, which needs an unweighted mean.
+UNIT_WEIGHT_KEY = "unit-weight"
 
 _cache_lock = threading.Lock()
 _split_cache: dict[tuple[str, float, str], CitySplit] = {}
@@ -74,6 +81,8 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
                 }
             )
             return Message(content, reply_to=message)
+        if spec.privacy.mode == "dp":
+            _reserve_privacy(context, spec)
         split = _city_split(context, spec)
         stats = local_statistics(split.train, spec.features)
         record = ConfigRecord()
@@ -119,6 +128,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
         metrics = MetricRecord(
             {
                 WEIGHT_KEY: rows,
+                UNIT_WEIGHT_KEY: 1,
                 "train-loss": loss if math.isfinite(loss) else 0.0,
                 "train-seconds": time.perf_counter() - started,
             }
@@ -229,8 +239,68 @@ def _city_split(context: Context, spec: JobSpec) -> CitySplit:
     return split
 
 
+def _reserve_privacy(context: Context, spec: JobSpec) -> None:
+    """Charge the job's planned epsilon to the dataset's budget, if the node has one.
+
+    Logs an ``approval`` or a ``refusal`` usage event and raises PolicyViolation
+    when the budget would be exceeded.
+    """
+    budgets_path = context.node_config.get("privacy-budgets")
+    if not budgets_path:
+        return
+    dataset_id = _dataset_id(context, spec)
+    epsilon = planned_epsilon(spec)
+    try:
+        total = PrivacyBudgets(Path(str(budgets_path))).reserve(
+            dataset_id, spec.id, epsilon
+        )
+    except PolicyViolation as exc:
+        _append_event(
+            context, spec, "refusal", detail={"epsilon": epsilon, "reason": str(exc)}
+        )
+        log.warning("city %s rejected job %s: %s", _city(context), spec.id, exc)
+        raise
+    _append_event(
+        context,
+        spec,
+        "approval",
+        detail={
+            "epsilon": epsilon,
+            "epsilon_total": total,
+            "delta": spec.privacy.delta,
+        },
+    )
+
+
+def _dataset_id(context: Context, spec: JobSpec) -> str:
+    city = _city(context)
+    return str(context.node_config.get("dataset-id", spec.datasets.get(city, city)))
+
+
 def _append_usage(
     context: Context, spec: JobSpec, server_round: int, rows: int
+) -> None:
+    detail: dict[str, object] = {"model": spec.model.kind, "privacy": spec.privacy.mode}
+    if spec.privacy.mode == "dp":
+        detail["noise_multiplier"] = spec.privacy.noise_multiplier
+    _append_event(
+        context,
+        spec,
+        "train_round",
+        rows=rows,
+        server_round=server_round,
+        detail=detail,
+    )
+
+
+def _append_event(
+    context: Context,
+    spec: JobSpec,
+    kind: str,
+    *,
+    rows: int = 0,
+    server_round: int = 0,
+    detail: dict[str, object] | None = None,
 ) -> None:
     log_path = context.node_config.get("usage-log")
     if not log_path:
@@ -240,10 +310,9 @@ def _append_usage(
     from citymesh.ledger.log import UsageLog
 
     city = _city(context)
-    dataset_id = str(context.node_config.get("dataset-id", spec.datasets.get(city, "")))
     event = UsageEvent(
-        kind="train_round",
-        dataset_id=dataset_id,
+        kind=kind,
+        dataset_id=_dataset_id(context, spec),
         provider=city,
         consumer=spec.consumer,
         purpose=spec.purpose,
@@ -251,10 +320,12 @@ def _append_usage(
         job_id=spec.id,
         round=server_round,
         time=time.time(),
-        detail={"model": spec.model.kind, "privacy": spec.privacy.mode},
+        detail=dict(detail or {}),
     )
     UsageLog(Path(str(log_path))).append(event)
-    log.info("city %s logged train_round %d of job %s", city, server_round, spec.id)
+    log.info(
+        "city %s logged %s (round %d) of job %s", city, kind, server_round, spec.id
+    )
 
 
 app = make_client_app()

@@ -24,6 +24,7 @@ from .client_app import make_client_app
 from .contributions import Contribution, score_contributions
 from .deployment import LocalFederation
 from .inprocess import InProcessGrid, run_server_app
+from .privacy import check_job_budget
 from .server_app import MODEL_FILE, RESULT_FILE, make_server_app
 from .spec import JobSpec
 from .strategy import RoundRecord
@@ -56,6 +57,7 @@ class RoundMetrics:
     per_city: dict[str, CityMetrics]
     rejected: dict[str, str] = field(default_factory=dict)
     failures: int = 0
+    epsilon: float | None = None
 
 
 @dataclass
@@ -73,12 +75,19 @@ class JobResult:
     rows_per_city: dict[str, int]
     output_dir: Path | None = None
 
+    @property
+    def epsilon(self) -> float | None:
+        """Epsilon spent by the job on each member dataset, or None without DP."""
+        spent = [r.epsilon for r in self.rounds if r.epsilon is not None]
+        return spent[-1] if spent else None
+
     def to_dict(self) -> dict[str, object]:
         """Return the result without the model weights, as JSON-compatible data."""
         return {
             "job_id": self.job_id,
             "final_auc": self.final_auc,
             "final_accuracy": self.final_accuracy,
+            "epsilon": self.epsilon,
             "seconds": self.seconds,
             "rows_per_city": self.rows_per_city,
             "rounds": [_round_to_dict(r) for r in self.rounds],
@@ -129,6 +138,7 @@ def run_job(
             f"job needs min_nodes = {spec.min_nodes} cities but datasets names "
             f"{len(datasets)}: {sorted(datasets)!r}"
         )
+    check_job_budget(spec)
     started = time.perf_counter()
     with ExitStack() as stack:
         directory = stack.enter_context(_output_dir(output_dir))
@@ -357,6 +367,7 @@ def _record_dict(record: RoundRecord) -> dict[str, object]:
         "cities": {city: vars(c) for city, c in record.cities.items()},
         "rejected": dict(record.rejected),
         "failures": record.failures,
+        "epsilon": record.epsilon,
     }
 
 
@@ -378,6 +389,7 @@ def _round_metrics(data: dict[str, object]) -> RoundMetrics:
         },
         rejected=dict(data.get("rejected", {})),  # type: ignore[call-overload]
         failures=int(data.get("failures", 0)),  # type: ignore[call-overload]
+        epsilon=data.get("epsilon"),  # type: ignore[arg-type]
     )
 
 
@@ -390,6 +402,7 @@ def _round_to_dict(metrics: RoundMetrics) -> dict[str, object]:
         "per_city": {city: vars(m) for city, m in metrics.per_city.items()},
         "rejected": metrics.rejected,
         "failures": metrics.failures,
+        "epsilon": metrics.epsilon,
     }
 
 

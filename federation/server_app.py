@@ -25,6 +25,10 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
 
 from citymesh.errors import CitymeshError, InvalidInput
 
@@ -32,6 +36,7 @@ from .client_app import CONFIG_KEY, METRICS_KEY, NODE_KEY, STATISTICS_KEY
 from .encoding import ColumnStatistics, FeatureEncoding, merge_statistics
 from .grids import MemberGrid
 from .model import build_model
+from .privacy import check_job_budget
 from .spec import JobSpec
 from .strategy import CityFedAvg, RoundHook, RoundRecord, TrainHook
 
@@ -94,15 +99,27 @@ def run_rounds(
     model = build_model(spec.model, encoding.width, seed=spec.seed)
     initial = ArrayRecord(model.state_dict())
 
+    dp = spec.privacy.mode == "dp"
+    check_job_budget(spec)
     strategy = CityFedAvg(
         min_nodes=spec.min_nodes,
         fraction_train=spec.fraction_train,
         max_update_norm=max_norm,
         on_train=on_train,
         on_round=on_round,
+        privacy=spec.privacy if dp else None,
+        cities=len(members),
     )
+    runner: Strategy = strategy
+    if dp:
+        runner = DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=spec.privacy.noise_multiplier,
+            clipping_norm=spec.privacy.clipping_norm,
+            num_sampled_clients=len(members),
+        )
     config = ConfigRecord({"spec": spec.to_json(), "encoding": encoding.to_json()})
-    result = strategy.start(
+    result = runner.start(
         grid=grid,
         initial_arrays=initial,
         num_rounds=spec.rounds,

@@ -12,15 +12,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .client_app import METRICS_KEY, NODE_KEY, WEIGHT_KEY
+from .client_app import METRICS_KEY, NODE_KEY, UNIT_WEIGHT_KEY, WEIGHT_KEY
 from .metrics import ScoreHistogram, sum_histograms
+from .privacy import make_accountant, release_event
+from .spec import PrivacySpec
 
 log = logging.getLogger("citymesh.federation")
 
@@ -64,6 +66,7 @@ class RoundRecord:
     cities: dict[str, CityRound] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     failures: int = 0
+    epsilon: float | None = None
 
 
 TrainHook = Callable[[str, int, int], None]
@@ -75,6 +78,10 @@ class CityFedAvg(FedAvg):
 
     An update is rejected before averaging when any weight is NaN or infinite, or
     when its L2 distance from the global model exceeds ``max_update_norm``.
+    With ``privacy`` set (differential privacy), updates are averaged with equal
+    weights and each aggregated round is counted as one Gaussian release. The
+    caller wraps this strategy in Flower's DP wrapper, which clips and adds the
+    noise.
     """
 
     def __init__(
@@ -85,6 +92,8 @@ class CityFedAvg(FedAvg):
         max_update_norm: float | None = None,
         on_train: TrainHook | None = None,
         on_round: RoundHook | None = None,
+        privacy: PrivacySpec | None = None,
+        cities: int = 0,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -92,9 +101,12 @@ class CityFedAvg(FedAvg):
             min_train_nodes=min_nodes,
             min_evaluate_nodes=min_nodes,
             min_available_nodes=min_nodes,
-            weighted_by_key=WEIGHT_KEY,
+            weighted_by_key=UNIT_WEIGHT_KEY if privacy else WEIGHT_KEY,
             evaluate_metrics_aggr_fn=pooled_evaluate_metrics,
         )
+        self.privacy = privacy
+        self.cities = cities
+        self.accountant = make_accountant(privacy, cities) if privacy else None
         self.max_update_norm = max_update_norm
         self.on_train = on_train
         self.on_round = on_round
@@ -144,7 +156,19 @@ class CityFedAvg(FedAvg):
             if self.on_train is not None:
                 self.on_train(city, server_round, rows)
             accepted.append(reply)
-        return super().aggregate_train(server_round, accepted)
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None and self.accountant is not None and self.privacy:
+            # Noise is sized for all member cities; with fewer updates in the
+            # mean, the noise is smaller relative to one city's influence.
+            effective = replace(
+                self.privacy,
+                noise_multiplier=self.privacy.noise_multiplier
+                * len(accepted)
+                / self.cities,
+            )
+            self.accountant.compose(release_event(effective, self.cities))
+            record.epsilon = float(self.accountant.get_privacy_spent().epsilon)
+        return arrays, metrics
 
     def _screen(self, content: RecordDict) -> str:
         """Return why an update must be rejected, or an empty string."""

@@ -1,9 +1,9 @@
 """The usage ledger: each node's hash-chained log, Merkle anchors on chain, audit.
 
-Events go into the node's ``UsageLog``; an ``Anchorer`` sends the Merkle root of each
-new batch to the chain; ``verify_node`` and ``verify_segment`` check a node's entries
-against those anchors. The chain client and anchorer load on first use, because they
-import web3.py, which a process that only appends events does not need.
+Events go into the node's ``UsageLog``, and an ``Anchorer`` sends the Merkle root of
+each new batch to the chain. ``verify_node`` and ``verify_segment`` check a node's
+entries against those anchors. The chain client and anchorer load on first use,
+because they import web3.py, which a process that only appends events does not need.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ _LAZY = {
 }
 
 __all__ = [
-    "KINDS",
     "Anchor",
     "AnchorMismatch",
     "AnchorRecord",
@@ -58,6 +57,7 @@ __all__ = [
     "ChainClient",
     "Deployment",
     "EventProof",
+    "KINDS",
     "LogEntry",
     "LogIntegrityError",
     "MerkleTree",

@@ -7,7 +7,7 @@ Crash safety comes from the order of durable steps:
 3. after the receipt, the batch is marked anchored.
 
 A crash between 1 and 3 leaves a pending batch. The next call reconciles it with the
-chain's last anchored seq for the node: if the chain already holds the batch's range,
+chain's last anchored seq for the node: if the chain already has the batch's range,
 the anchor there must carry the recorded root, and the batch is marked anchored; else
 the batch is checked against the stored entries again and re-sent. A batch whose root
 no longer matches the stored entries is never sent. While the chain is unreachable the
@@ -118,7 +118,7 @@ class Anchorer:
         """Bring the log's batch states in line with the chain.
 
         Raises ChainUnavailable when the chain cannot be reached, and AnchorMismatch
-        when the chain holds anchors this log did not make or a different root.
+        when the chain has anchors this log did not make or a different root.
         """
         chain_last = self.chain.last_anchored_seq(self.account)
         anchored = self.log.batches("anchored")
@@ -151,21 +151,22 @@ class Anchorer:
                 )
                 return
             raise AnchorMismatch(
-                f"the chain holds root {bytes(anchor.root).hex()} for seqs "
+                f"the chain has root {bytes(anchor.root).hex()} for seqs "
                 f"{anchor.from_seq}..{anchor.to_seq} of {self.account}, but the log "
                 f"recorded root {batch.root.hex()} for {batch.from_seq}..{batch.to_seq}"
             )
         raise AnchorMismatch(
             f"the chain reports seqs up to {batch.to_seq} anchored for {self.account} "
-            f"but holds no anchor starting at {batch.from_seq}"
+            f"but has no anchor starting at {batch.from_seq}"
         )
 
     def anchor_pending(self, max_events: int | None = None) -> Batch | None:
         """Anchor the next batch, at most ``max_events`` entries (default batch_size).
 
-        Returns the anchored batch, or None when nothing waits or the chain is
-        unreachable (the batch then stays pending for the next call). A pending batch
-        from an earlier call or process goes first, with its recorded range.
+        Returns the anchored batch, or None when nothing waits, when the chain is
+        unreachable (the batch then stays pending for the next call), or when another
+        process recorded the next batch first. A pending batch from an earlier call or
+        process goes first, with its recorded range.
         Raises LogIntegrityError instead of anchoring a root that the stored entries
         no longer produce.
         """

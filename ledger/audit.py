@@ -1,11 +1,11 @@
 """Verification of a node's usage log against the anchors on chain.
 
-``verify_node`` checks, for every sequence number in the range, in order: that the
-entry is there, that its event hashes to its event hash, that its entry hash chains
-from the entry before, that every signature on the event verifies (and, when the
-parties' keys are known, that an exchange carries both parties' signatures), and that
-the entry is included under the root anchored for its range. It stops at the first
-entry that fails and names it.
+``verify_node`` walks the sequence numbers of the range in order. Each entry must be
+present, its event must hash to its event hash, and its entry hash must chain from
+the entry before. Every signature on the event must verify, and when the parties'
+keys are known, an exchange must carry both parties' signatures. Finally the entry
+must be included under the root anchored for its range. The check stops at the
+first entry that fails and names it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class NodeVerdict:
 
     ``events`` counts the entries checked, ``anchored`` those proven under an anchor.
     ``first_bad_seq`` is the first entry that failed (None when all passed or when
-    the defect is not tied to one entry), and ``reason`` says what failed, or sums
+    the defect is not tied to one entry), and ``reason`` states what failed, or sums
     up the check when all passed.
     """
 
@@ -100,10 +100,10 @@ def verify_segment(
 ) -> NodeVerdict:
     """Verify an exported segment file, offline or against the chain's anchors.
 
-    With ``anchors`` None, the anchors stored in the file are used, so the check needs
-    no network; passing the chain's anchors also checks the file's copies. A malformed
-    line fails the check and, when it held an entry, names that entry unless an
-    earlier entry already failed.
+    With ``anchors`` None, the check uses the anchors stored in the file and needs no
+    network. Passing the chain's anchors also checks the file's copies. A malformed
+    line fails the check, and when it held an entry, the verdict names that entry
+    unless an earlier entry already failed.
     """
     segment, error = read_segment(path)
     if error is None:
@@ -264,7 +264,7 @@ class _Checker:
             else:
                 raise _Failure(
                     seq,
-                    f"entry {seq} has no inclusion proof and the input holds only "
+                    f"entry {seq} has no inclusion proof and the input contains only "
                     f"part of anchored batch {anchor.from_seq}..{anchor.to_seq}",
                 )
             if seq == anchor.to_seq and unproven:

@@ -6,7 +6,7 @@ events are JSON objects already, it needs no schema, and it stays readable in ex
 segments. The rules this module applies:
 
 - object keys sorted by their UTF-16 code units, no whitespace, UTF-8 output;
-- strings escaped as RFC 8785 section 3.2.2.2 says: ``"`` and ``\\``, the control
+- strings escaped as RFC 8785 section 3.2.2.2 specifies: ``"`` and ``\\``, the control
   characters U+0000 to U+001F (``\\b \\t \\n \\f \\r`` short, others ``\\u00xx``), every
   other character written as itself;
 - integers within the I-JSON safe range (absolute value at most 2**53 - 1), because
@@ -60,7 +60,7 @@ def canonical_json(value: Any) -> bytes:
     except UnicodeEncodeError as exc:
         raise InvalidInput(
             f"canonical JSON rejects a string with a lone surrogate "
-            f"({exc.object[exc.start:exc.end]!r}): encode text as valid Unicode"
+            f"({exc.object[exc.start : exc.end]!r}): encode text as valid Unicode"
         ) from exc
 
 
@@ -109,7 +109,7 @@ class _Unrepresentable(Exception):
 
 
 def _check(value: Any) -> bool:
-    """Validate ``value`` for JCS; return True when it holds floats or astral keys."""
+    """Validate ``value`` for JCS; return True if it contains floats or astral keys."""
     kind = type(value)
     if kind is str or value is None or kind is bool:
         return False

@@ -49,7 +49,7 @@ class UsageEvent:
     """One use of a dataset: who provided it, who consumed it, why and how much.
 
     ``time`` is unix seconds, rounded to whole milliseconds on construction.
-    ``detail`` holds extra JSON values and must be canonical-JSON serializable.
+    ``detail`` contains extra JSON values and must be canonical-JSON serializable.
     ``signatures`` maps an Ed25519 public key (64 lowercase hex digits) to its
     signature (128 lowercase hex digits). Both dicts are copied on construction and
     must not be changed afterwards, because the event hash depends on them.
@@ -242,13 +242,15 @@ class LogEntry:
 
 def _check_text(name: str, value: Any) -> None:
     if not isinstance(value, str):
-        raise InvalidInput(f"usage event field {name!r} must be a string, got {value!r}")
+        raise InvalidInput(
+            f"usage event field {name!r} must be a string, got {value!r}"
+        )
     if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InvalidInput(
-                f"usage event field {name!r} holds a lone surrogate, got {value!r}: "
+                f"usage event field {name!r} contains a lone surrogate, got {value!r}: "
                 f"pass valid Unicode text"
             ) from exc
 

@@ -74,7 +74,8 @@ SUGGESTED_PRIORITY_FEE = 10**9
 DEFAULT_NONCE_WAIT = 2.0
 DEFAULT_MAX_LOG_RESULTS = 50_000
 MAX_FEE_HISTORY_BLOCKS = 1024
-# eth_estimateGas stops its search when the bracket is within 1.5 % (geth's ratio).
+# eth_estimateGas stops its search when the bracket is within 1.5 %, the value of
+# go-ethereum's estimateGasErrorRatio.
 ESTIMATE_GAS_ERROR_RATIO = 0.015
 BLOB_TRANSACTION_TYPE = 3
 BLOCK_TAGS = ("latest", "pending", "safe", "finalized", "earliest")
@@ -125,6 +126,8 @@ class CallRequest:
     max_priority_fee_per_gas: int | None = None
     value: int = 0
     data: bytes = b""
+    access_list: tuple[tuple[bytes, tuple[int, ...]], ...] = ()
+    """EIP-2930 entries: an address and the storage slots it touches."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +340,7 @@ class EmbeddedChain:
                 self._store.discard()
 
     def close(self) -> None:
-        """Close the state file. A second call does nothing, other calls raise."""
+        """Close the state file. Calls after that raise ChainError, except ``close``."""
         with self._condition:
             if self._closed:
                 return
@@ -628,10 +631,10 @@ class EmbeddedChain:
 
     # Execution without a transaction
 
-    def _execute(
+    def _call_transaction(
         self, request: CallRequest, header: BlockHeaderAPI, gas: int
-    ) -> ComputationAPI:
-        """Run ``request`` on the state after ``header`` and roll the state back.
+    ) -> tuple[StateAPI, SpoofTransaction]:
+        """Return the state after ``header`` and ``request`` as an unsigned transaction.
 
         Without a fee the call runs with base fee 0 and gas price 0, as geth does, so
         an unfunded sender can call.
@@ -663,9 +666,15 @@ class EmbeddedChain:
             to=request.to or b"",
             value=request.value,
             data=request.data,
-            access_list=(),
+            access_list=request.access_list,
         )
-        transaction = SpoofTransaction(unsigned, from_=request.sender)
+        return state, SpoofTransaction(unsigned, from_=request.sender)
+
+    def _execute(
+        self, request: CallRequest, header: BlockHeaderAPI, gas: int
+    ) -> ComputationAPI:
+        """Run ``request`` on the state after ``header`` and roll the state back."""
+        state, transaction = self._call_transaction(request, header, gas)
         snapshot = state.snapshot()
         try:
             return state.apply_transaction(transaction)
@@ -691,13 +700,15 @@ class EmbeddedChain:
             header = self._header(block)
             high = self._gas_allowance(request, header)
             if self._is_plain_transfer(request, header):
-                computation = self._execute(request, header, GAS_TX)
+                _, transaction = self._call_transaction(request, header, high)
+                needed = transaction.intrinsic_gas
+                computation = self._execute(request, header, needed)
                 if computation.is_error:
                     raise ExecutionFailed(
                         f"value transfer to {hex_address(request.to)} failed: "
                         f"{computation.error}"
                     )
-                return GAS_TX
+                return needed
             computation = self._execute(request, header, high)
             if computation.is_error:
                 if isinstance(computation.error, OutOfGas):
@@ -755,12 +766,12 @@ class EmbeddedChain:
     def send_raw_transaction(
         self, raw: bytes, nonce_wait: float = DEFAULT_NONCE_WAIT
     ) -> bytes:
-        """Validate, mine and commit a signed transaction; return its hash.
+        """Validate, mine and commit a signed transaction, and return its hash.
 
         The hash is returned only after the block is committed to the state file. A
         transaction already mined returns its hash again. A nonce ahead of the
         sender's account waits up to ``nonce_wait`` seconds for the missing ones,
-        then raises TransactionRejected; so do all other invalid transactions.
+        then raises TransactionRejected, as every other invalid transaction does.
         """
         transaction = self._decode(raw)
         try:

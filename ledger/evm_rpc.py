@@ -165,6 +165,7 @@ def parse_call(value: Any) -> CallRequest:
     sender = value.get("from")
     to = value.get("to")
     return CallRequest(
+        access_list=parse_access_list(value.get("accessList") or []),
         sender=parse_address(sender, "from") if sender is not None else bytes(20),
         to=parse_address(to, "to") if to is not None else None,
         gas=optional_quantity("gas"),
@@ -174,6 +175,23 @@ def parse_call(value: Any) -> CallRequest:
         value=optional_quantity("value") or 0,
         data=parse_bytes(data, "input") if data is not None else b"",
     )
+
+
+def parse_access_list(value: Any) -> tuple[tuple[bytes, tuple[int, ...]], ...]:
+    if not isinstance(value, list):
+        raise _invalid("accessList", value, "a list of address and storageKeys")
+    entries = []
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(
+            entry.get("storageKeys", []), list
+        ):
+            raise _invalid("accessList entry", entry, "address and storageKeys")
+        slots = tuple(
+            int.from_bytes(parse_hash(key, "storage key"), "big")
+            for key in entry.get("storageKeys", [])
+        )
+        entries.append((parse_address(entry.get("address")), slots))
+    return tuple(entries)
 
 
 def parse_filter(value: Any) -> LogFilter:

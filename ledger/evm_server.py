@@ -136,6 +136,9 @@ class ChainServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            # Keep idle connections for 2 minutes, so that the pooled connections
+            # of a polling client rarely close under its next request.
+            timeout_keep_alive=120,
         )
         self._server = _UvicornServer(config)
         self._thread: threading.Thread | None = None

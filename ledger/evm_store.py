@@ -254,6 +254,12 @@ class ChainStore:
             self._connection.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
             self._connection.executescript(_SCHEMA)
             self._check_schema_version()
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise ChainError(
+                f"state file {str(self.path)!r} is not a chain state file ({error}); "
+                "pass the file a chain server created, or a new path"
+            ) from None
         except BaseException:
             self.close()
             raise

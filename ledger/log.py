@@ -7,7 +7,7 @@ as the node service and a Flower ClientApp, extend one chain without gaps or for
 Triggers reject UPDATE and DELETE of entries. They stop mistakes, not an operator
 who edits the file; the hash chain and the anchored Merkle roots expose such edits.
 
-The same file holds the anchoring batches: each records the Merkle root over a range
+The same file contains the anchoring batches: each records the Merkle root over a range
 of entry hashes and the hashes themselves as they were when the batch was made, so
 inclusion proofs still verify for untouched entries after another entry was changed.
 """
@@ -278,7 +278,8 @@ class UsageLog:
             event = UsageEvent.from_dict(json.loads(body.decode("utf-8")))
         except (ValueError, InvalidInput) as exc:
             raise LogIntegrityError(
-                f"usage log {str(self.path)!r} entry {seq} holds no valid event: {exc}",
+                f"usage log {str(self.path)!r} entry {seq} contains no valid event: "
+                f"{exc}",
                 seq,
             ) from exc
         return LogEntry(seq, event, digest, prev_hash, entry_hash)
@@ -351,7 +352,7 @@ class UsageLog:
         return [_batch(row) for row in rows]
 
     def batch_containing(self, seq: int) -> Batch | None:
-        """Return the batch whose range holds ``seq``, or None."""
+        """Return the batch whose range contains ``seq``, or None."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT from_seq, to_seq, root, state, tx, created_ms, anchored_ms "

@@ -96,19 +96,21 @@ def verify_inclusion(
     """
     if not 0 <= index < size:
         return False
+    sha256 = _sha256  # local names: this loop runs once per level of every proof
+    node_prefix = NODE_PREFIX
     fn = index
     sn = size - 1
-    value = _sha256(LEAF_PREFIX + leaf).digest()
+    value = sha256(LEAF_PREFIX + leaf).digest()
     for sibling in path:
         if sn == 0:
             return False
         if fn & 1 or fn == sn:
-            value = _sha256(NODE_PREFIX + sibling + value).digest()
+            value = sha256(node_prefix + sibling + value).digest()
             while not fn & 1 and fn != 0:
                 fn >>= 1
                 sn >>= 1
         else:
-            value = _sha256(NODE_PREFIX + value + sibling).digest()
+            value = sha256(node_prefix + value + sibling).digest()
         fn >>= 1
         sn >>= 1
     return sn == 0 and value == root

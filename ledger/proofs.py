@@ -17,7 +17,7 @@ from .merkle import verify_inclusion
 
 
 class AnchorLike(Protocol):
-    """What verification reads from an on-chain anchor (``chain.Anchor`` has it)."""
+    """The anchor fields that verification reads (``chain.Anchor`` has them)."""
 
     @property
     def root(self) -> bytes: ...
@@ -90,7 +90,7 @@ def verify_anchor_consistency(
     """Check that consecutive anchors cover one unbroken hash chain of entries.
 
     ``anchors`` are the anchors from the first to the second of interest, in order,
-    and ``links`` holds one boundary link between each neighbouring pair.
+    and ``links`` contains one boundary link between each neighbouring pair.
     """
     if len(links) != max(len(anchors) - 1, 0):
         return False

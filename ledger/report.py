@@ -85,7 +85,7 @@ def usage_report(
     ``kinds`` limits the event kinds counted (all when None). ``policy`` is called on
     each counted event, and a non-empty return marks it as a violation.
     """
-    wanted = set(kinds) if kinds is not None else None
+    selected_kinds = set(kinds) if kinds is not None else None
     groups: dict[tuple[str, str, str, str], dict[str, float]] = {}
     report = UsageReport(since=since, until=until)
     for item in items:
@@ -96,7 +96,7 @@ def usage_report(
             continue
         if until is not None and event.time >= until:
             continue
-        if wanted is not None and event.kind not in wanted:
+        if selected_kinds is not None and event.kind not in selected_kinds:
             continue
         key = (event.dataset_id, event.consumer, event.provider, event.purpose)
         totals = groups.setdefault(

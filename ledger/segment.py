@@ -5,9 +5,9 @@ line ending in ``\\n``:
 
 1. a header ``{"format":"citymesh-usage-segment","from_seq":F,"node":N,
    "to_seq":T,"type":"header","version":1}``;
-2. one ``entry`` line for each sequence number F..T, in order, with ``seq``,
-   ``prev_hash``, ``event_hash``, ``entry_hash`` (64 lowercase hex digits), the
-   ``event`` object (``UsageEvent.to_dict``) and, for entries of anchored batches, a
+2. one ``entry`` line for each sequence number F..T, in order. It has ``seq``,
+   ``prev_hash``, ``event_hash`` and ``entry_hash`` (64 lowercase hex digits) and the
+   ``event`` object (``UsageEvent.to_dict``). Entries of anchored batches also have a
    ``proof`` object with the batch's ``from_seq``, ``to_seq`` and the audit ``path``;
 3. zero or more ``anchor`` lines with ``node``, ``root``, ``from_seq``, ``to_seq``,
    ``count``, ``block`` and ``tx``, copied from the chain when the segment was made.

@@ -1,9 +1,9 @@
 """Discrete-event model (SimPy) of a city's compute hub and district edge nodes.
 
-A planner describes a city in a scenario file (hub pools, districts with edge
-nodes, links, departments and their workloads), then runs one architecture or
-compares three on the same workload and seed: isolated departments, hub only,
-and hub plus edge::
+A planner describes a city in a scenario file: hub pools, districts with edge
+nodes, links, departments and their workloads. One run simulates one
+architecture; a comparison runs three on the same workload and seed (isolated
+departments, hub only, and hub plus edge)::
 
     from citymesh.netsim import compare, load_scenario
 

@@ -130,8 +130,8 @@ BUILTIN_PATTERNS: dict[str, tuple[float, ...]] = {
 def stream_seed(seed: int, stream: str) -> np.random.Generator:
     """Return a generator that depends only on the seed and the stream's name.
 
-    A stream keeps its draws when other streams are added or removed, and every
-    architecture run with the same seed sees the same arrivals.
+    A stream keeps its draws when other streams are added or removed, so every
+    architecture run with the same seed gets the same arrivals.
     """
     digest = hashlib.sha256(stream.encode()).digest()
     words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]

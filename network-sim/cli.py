@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
 
@@ -48,12 +48,12 @@ ScenarioArgument = Annotated[
 SeedOption = Annotated[
     int | None,
     typer.Option(
-        help="Random seed for arrivals and work sizes [default: the scenario's]."
+        help="Random seed for arrivals and work sizes (default: the scenario's)."
     ),
 ]
 HoursOption = Annotated[
     float | None,
-    typer.Option(help="Simulated hours [default: the scenario's]."),
+    typer.Option(help="Simulated hours (default: the scenario's)."),
 ]
 FormatOption = Annotated[
     OutputFormat, typer.Option("--format", help="Output as tables or as JSON.")
@@ -118,7 +118,10 @@ def run(
     output: FormatOption = OutputFormat.table,
     out: OutOption = None,
 ) -> None:
-    """Run one architecture on a scenario and print a summary."""
+    """Run one architecture on a scenario and print a summary.
+
+    SCENARIO is a TOML file or the name of a shipped scenario.
+    """
     spec = _load(scenario)
     try:
         chosen = resolve_architecture(spec, architecture)
@@ -147,7 +150,11 @@ def compare_command(
     output: FormatOption = OutputFormat.table,
     out: OutOption = None,
 ) -> None:
-    """Run isolated departments, hub only and hub plus edge on the same workload."""
+    """Run isolated departments, hub only and hub plus edge on the same workload.
+
+    SCENARIO is a TOML file or the name of a shipped scenario. The claims table
+    checks hub plus edge against isolated departments.
+    """
     spec = _load(scenario)
     try:
         check_hours(hours)

@@ -66,7 +66,11 @@ def check_hours(hours: float | None) -> None:
 
 
 class Simulation:
-    """One run: a SimPy environment with the pools, network and streams."""
+    """One run: a SimPy environment with the pools, network and streams.
+
+    With ``trace=True``, ``trace`` lists ``(time_s, event, request, site)`` for
+    every arrival, submit, start, finish, drop, transfer and federated round.
+    """
 
     def __init__(
         self,
@@ -217,8 +221,11 @@ class Simulation:
                 pool.sample()
 
     def run(self, on_progress: ProgressCallback | None = None) -> RunResult:
-        """Run to the horizon and return the result; ``on_progress(now_s, horizon_s)``
-        is called about 200 times."""
+        """Run to the horizon and return the result.
+
+        ``on_progress(now_s, horizon_s)`` is called about 200 times. Events at
+        exactly the horizon do not run.
+        """
         env = self.env
         horizon = self.horizon_s
         step = env.step
@@ -226,6 +233,7 @@ class Simulation:
         report_every = horizon / 200
         next_report = report_every
         events = 0
+
         logger.info(
             "run started: scenario %s, architecture %s, seed %s, %s h",
             self.scenario.name,
@@ -234,6 +242,7 @@ class Simulation:
             self.hours,
         )
         started = time.perf_counter()
+        # Step by hand, not env.run(until=...), to count events and report progress.
         while True:
             now = peek()
             if now >= horizon:
@@ -243,11 +252,12 @@ class Simulation:
                 next_report = now + report_every
             step()
             events += 1
-        env.run(until=horizon)
+        env.run(until=horizon)  # no event is left before the horizon: this sets now
         for pool in self.cluster.pools:
             pool.sample()
         wall_s = time.perf_counter() - started
         self.events = events
+
         if on_progress is not None:
             on_progress(horizon, horizon)
         logger.info(

@@ -38,9 +38,9 @@ class PoolReport:
 class WorkloadReport:
     """Outcomes of one department's workload.
 
-    Durations are response times for inference, turnaround (arrival to end of
-    the job) for training and federated jobs, and completion time for
-    transfers; all in seconds.
+    Durations are in seconds. They are response times for inference,
+    turnaround (arrival to end of the job) for training and federated jobs,
+    and completion times for transfers.
     """
 
     name: str
@@ -76,7 +76,7 @@ class LatencySummary:
     within_50ms: float | None
     within_100ms: float | None
     within_target: float | None
-    # Requests whose target is 100 ms or less, and their share answered in 100 ms.
+    # Requests whose target is 100 ms or less, and their share completed in 100 ms.
     realtime_requests: int
     realtime_within_100ms: float | None
 
@@ -93,7 +93,7 @@ class DistrictReport:
 
 @dataclass
 class Conservation:
-    """Where every top-level request ended; ``arrived`` equals the sum of the rest."""
+    """Final state of every top-level request; ``arrived`` is the sum of the rest."""
 
     arrived: int
     completed: int
@@ -298,12 +298,14 @@ def _workload_report(streams: list) -> WorkloadReport:
     )
     p50, p95, p99 = _percentiles(durations)
     realtime = first.workload.kind == "inference"
+
     dropped: Counter[str] = Counter()
     for stream in streams:
         dropped.update(stream.dropped)
     arrived = sum(s.arrived for s in streams)
     completed = sum(s.completed for s in streams)
     targets = {s.workload.target_ms for s in streams}
+
     return WorkloadReport(
         name=first.name if single else first.workload.name,
         kind=first.workload.kind,

@@ -1,9 +1,9 @@
 """Bulk transfers over shared links.
 
 Each active flow crosses every link of its route at once and gets, on each
-link, an equal share of the bandwidth; its rate is the smallest of those shares.
-That is a lower bound on max-min fair sharing, exact when all flows of a link
-share one bottleneck. Rates change only when a flow starts or ends, so the
+link, an equal share of the bandwidth. Its rate is the smallest of those
+shares. That is a lower bound on max-min fair sharing, and exact when all flows
+of a link share one bottleneck. Rates change only when a flow starts or ends, so the
 network needs one event per change, not one per packet. A flow completes when
 its last byte is sent plus the route's round-trip time (the final
 acknowledgement), so each link's latency counts once per transfer.

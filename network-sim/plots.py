@@ -51,7 +51,7 @@ def plot_latency(results: list[RunResult], path: Path) -> Path:
         axes.axvline(limit, color="grey", linestyle="--", linewidth=1)
     axes.set_xscale("log")
     axes.set_xlabel("inference response time (ms, log scale)")
-    axes.set_ylabel("requests answered within (%)")
+    axes.set_ylabel("requests completed within (%)")
     axes.set_title(f"{results[0].scenario}: inference latency distribution")
     axes.grid(alpha=0.3, which="both")
     axes.legend()

@@ -50,6 +50,7 @@ class PlacementPolicy(ABC):
     def bind(self, cluster: Cluster) -> None:
         """Attach the run's cluster; the engine calls this before the run starts."""
         self.cluster = cluster
+        self._network: dict[tuple[int, str, str], float] = {}
 
     @abstractmethod
     def sites(self, topology: Topology) -> list[str]:
@@ -71,18 +72,23 @@ class PlacementPolicy(ABC):
 
     def estimate_s(self, task: Task, pool: Pool, speedup: float = 1.0) -> float:
         """Estimate the task's response (inference) or turnaround (batch) time."""
+        workload = task.workload
+        key = (id(workload), task.origin, pool.name)
+        network = self._network.get(key)
+        if network is None:
+            network = self._network[key] = self.network_s(task, pool)
+        work = workload.work_s[pool.kind] * task.work_factor / (pool.speed * speedup)
+        return network + pool.estimate_wait_s(task.realtime) + work
+
+    def network_s(self, task: Task, pool: Pool) -> float:
+        """Return the network time between the task's origin and the pool: the
+        round trip and payloads for inference, the dataset upload for batch."""
         route = self.cluster.route(task.origin, pool.site.name)
-        work = (
-            task.workload.work_s[pool.kind] * task.work_factor / (pool.speed * speedup)
-        )
-        wait = pool.estimate_wait_s(task.realtime)
+        workload = task.workload
         if task.realtime:
-            network = route.rtt_s + route.serialization_s(
-                (task.workload.payload_kb + task.workload.response_kb) * 1e3
-            )
-        else:
-            network = route.serialization_s(task.workload.dataset_gb * 1e9)
-        return network + wait + work
+            size = (workload.payload_kb + workload.response_kb) * 1e3
+            return route.rtt_s + route.serialization_s(size)
+        return route.serialization_s(workload.dataset_gb * 1e9)
 
     def fastest(self, task: Task, pools: list[Pool]) -> Pool | None:
         """Return the eligible pool with the lowest estimated time, if any."""
@@ -124,9 +130,11 @@ class CentralQueue(PlacementPolicy):
 
 
 class LatencyAware(PlacementPolicy):
-    """Inference goes to the district's edge node while it can meet the target,
-    otherwise to whichever of edge and hub answers sooner; batch work goes to the
-    hub.
+    """Placement between the district's edge node and the hub.
+
+    Inference goes to the edge node while its estimate meets the target, and
+    otherwise to the pool (edge or hub) with the lowest estimated response
+    time. Batch work goes to the hub.
 
     With compression enabled, inference at an edge node runs a compressed model:
     ``speedup`` times faster, ``memory_factor`` times the memory, at an accuracy
@@ -185,10 +193,11 @@ class LatencyAware(PlacementPolicy):
 class QueueAutoscaler:
     """Starts and stops units of scalable pools (``min_active`` set) on queue length.
 
-    Every ``interval_s`` it starts enough units for at most ``scale_up_queue``
-    queued tasks per active unit, and stops the units that stayed idle
-    throughout the last ``scale_down_idle_s`` seconds. A started unit costs from
-    the moment it is started but takes tasks only after ``startup_s``.
+    Every ``interval_s``, a pool with queued tasks and no free unit starts one
+    unit per ``scale_up_queue`` queued tasks, minus the units already starting.
+    Units that stayed idle throughout the last ``scale_down_idle_s`` seconds
+    are stopped, down to ``min_active``. A started unit costs from the moment
+    it is started but takes tasks only after ``startup_s``.
     """
 
     def __init__(self, spec: AutoscalingSpec) -> None:

@@ -2,9 +2,9 @@
 
 A pool has ``count`` identical units; each runs one task at a time (a training
 job may take several units at once). Real-time tasks wait in their own queue,
-which is served first; a batch task starts only while the batch tasks would
-hold at most ``batch_share`` of the active units, so long training jobs
-cannot take every unit from real-time inference. Units are interchangeable, so
+which is served first. A batch task starts only if the batch tasks then use at
+most ``batch_share`` of the active units, so long training jobs cannot take
+every unit from real-time inference. Units are interchangeable, so
 the pool keeps counts, not unit objects.
 """
 

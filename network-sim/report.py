@@ -179,7 +179,7 @@ def comparison_tables(comparison: Comparison) -> Group:
         elif claim.name == "utilization_gain":
             measured = f"{claim.measured:+.0%}"
         else:
-            measured = f"{claim.measured:.1%}"
+            measured = f"{claim.measured:.2%}"
         claims.add_row(
             claim.claim, measured, claim.required, "yes" if claim.supported else "no"
         )

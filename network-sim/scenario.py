@@ -1,9 +1,9 @@
 """Load and validate scenario files (TOML).
 
-A scenario names its cities; each city has a hub with compute pools, districts
+A scenario names its cities. Each city has a hub with compute pools, districts
 with edge nodes and links to the hub, and departments attached to districts.
 Department workloads usually come from a named profile in ``[profiles]``, so
-31 departments need not repeat their workloads. See docs/netsim.md for every
+that 31 departments need not repeat their workloads. See docs/netsim.md for every
 key, and the shipped files in ``scenarios/`` for examples.
 """
 

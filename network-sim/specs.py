@@ -78,8 +78,10 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class DepartmentSpec:
-    """A department attached to a district; in the isolated architecture it
-    computes only on its own ``local_pools``."""
+    """A department attached to a district.
+
+    In the isolated architecture it computes only on its own ``local_pools``.
+    """
 
     name: str
     district: str

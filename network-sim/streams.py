@@ -1,10 +1,11 @@
 """Workload streams: how each kind of request moves through the network and
 pools, and what the run records about it.
 
-Every top-level request (an inference request, training job, transfer or
-federated job) ends in exactly one of three ways: it completes, it is dropped
-with a reason, or it is still in progress (in transit, queued or running) when
-the run ends. The shared tally counts the requests in progress by state.
+A top-level request is an inference request, training job, transfer or
+federated job. Each ends in exactly one of three ways: it completes, it is
+dropped with a reason, or it is still in progress (in transit, queued or
+running) when the run ends. The shared tally counts the requests in progress
+by state.
 """
 
 from __future__ import annotations

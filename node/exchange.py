@@ -180,9 +180,9 @@ class ExchangeService:
             chunk = sink.take()
             digest.update(chunk)
             sent += len(chunk)
-            yield chunk
+            # The receipt is registered before the last chunk leaves, so a
+            # consumer that asks for it right after the stream ends finds it.
             complete = True
-        finally:
             self._finish(
                 exchange_id,
                 entry,
@@ -192,8 +192,22 @@ class ExchangeService:
                 rows,
                 sent,
                 digest.hexdigest(),
-                complete,
+                complete=True,
             )
+            yield chunk
+        finally:
+            if not complete:
+                self._finish(
+                    exchange_id,
+                    entry,
+                    plan,
+                    request,
+                    signer,
+                    rows,
+                    sent,
+                    digest.hexdigest(),
+                    complete=False,
+                )
 
     def _output_schema(self, path, plan: ExtractPlan) -> pa.Schema:
         empty = ds.dataset(path, format="parquet").schema.empty_table()
@@ -259,6 +273,11 @@ class ExchangeService:
             rows,
             sent,
         )
+
+    def pending(self) -> int:
+        """Return how many receipts wait for their consumer."""
+        with self._lock:
+            return len(self._pending)
 
     def receipt(self, exchange_id: str, signer: SignerInfo) -> dict[str, Any]:
         """Return the provider-signed event of an extract to its consumer."""

@@ -7,13 +7,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import replace
 
 import pytest
 from eth_account import Account
 
-from citymesh.ledger.anchoring import AnchorMismatch, Anchorer
+from citymesh.ledger.anchoring import Anchorer, AnchorMismatch
 from citymesh.ledger.audit import verify_node, verify_segment
 from citymesh.ledger.chain import ChainClient, deploy
 from citymesh.ledger.chain_errors import AccessDenied
@@ -53,8 +54,15 @@ def _register(chain, city):
 
 def _events(count, start=0):
     return [
-        UsageEvent("query", "bcn-traffic", "barcelona", "madrid", "planning",
-                   rows=start + i, time=1_700_000_000 + start + i)
+        UsageEvent(
+            "query",
+            "bcn-traffic",
+            "barcelona",
+            "madrid",
+            "planning",
+            rows=start + i,
+            time=1_700_000_000 + start + i,
+        )
         for i in range(count)
     ]
 
@@ -128,6 +136,28 @@ def test_anchoring_chain_down_then_back_in_order(tmp_path):
         embedded.close()
 
 
+def test_anchoring_run_loop_anchors_until_stopped(chain, tmp_path):
+    client = _register(chain, "anchor-loop")
+    log = UsageLog(tmp_path / "usage.db")
+    anchorer = Anchorer(log, client, batch_size=5, max_delay_s=3600)
+    stop = threading.Event()
+    loop = threading.Thread(target=anchorer.run, args=(stop, 0.05))
+    loop.start()
+    try:
+        now = time.time()
+        log.append_many([replace(event, time=now) for event in _events(12)])
+        deadline = time.monotonic() + 30
+        while client.last_anchored_seq(client.account) < 10:
+            assert time.monotonic() < deadline, "the loop anchored nothing in 30 s"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
+    assert [(b.from_seq, b.to_seq) for b in log.batches()] == [(1, 5), (6, 10)]
+    assert anchorer.waiting() == 2  # fewer than batch_size and younger than an hour
+
+
 def test_anchoring_adopts_batch_sent_before_crash(chain, tmp_path):
     client = _register(chain, "anchor-adopt")
     log = UsageLog(tmp_path / "usage.db")
@@ -152,8 +182,9 @@ def test_anchoring_refuses_root_of_changed_log(chain, tmp_path):
     log.add_batch(1, 6, merkle_root(leaves), leaves)
     conn = sqlite3.connect(log.path)
     conn.execute("DROP TRIGGER entries_append_only_update")
-    conn.execute("UPDATE entries SET event = replace(event, 'madrid', 'sevill') "
-                 "WHERE seq = 3")
+    conn.execute(
+        "UPDATE entries SET event = replace(event, 'madrid', 'sevill') WHERE seq = 3"
+    )
     conn.commit()
     conn.close()
     with pytest.raises(LogIntegrityError) as caught:
@@ -232,8 +263,16 @@ def test_anchoring_kill9_repeated_keeps_events_and_roots(chain, tmp_path):
     acknowledged = 0
     for round_number in range(6):
         worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(path), server.url,
-             deployment.to_json(), client._key.key.hex(), str(round_number)],
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(path),
+                server.url,
+                deployment.to_json(),
+                client._key.key.hex(),
+                str(round_number),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

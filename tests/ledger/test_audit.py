@@ -46,7 +46,7 @@ def _event(i):
 
 
 def _anchor(log, from_seq, to_seq):
-    """Record a batch as the anchorer does and return the anchor the chain would hold."""
+    """Record a batch as the anchorer does; return the anchor the chain would hold."""
     leaves = log.verified_entry_hashes(from_seq, to_seq)
     batch = log.add_batch(from_seq, to_seq, merkle_root(leaves), leaves)
     tx = "0x" + hashlib.sha256(batch.root).hexdigest()
@@ -175,7 +175,9 @@ def test_audit_exchange_needs_both_parties(tmp_path):
 
 
 def test_audit_gap_between_anchors_rejected(tmp_path):
-    log, anchors = _anchored_log(tmp_path / "usage.db", batches=((1, 4), (5, 9), (10, 16)))
+    log, anchors = _anchored_log(
+        tmp_path / "usage.db", batches=((1, 4), (5, 9), (10, 16))
+    )
     verdict = verify_node(log.entries(), [anchors[0], anchors[2]])
     assert not verdict.ok
     assert "not consecutive" in verdict.reason
@@ -218,7 +220,9 @@ def test_audit_segment_broken_line_named(tmp_path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("segment")
-    log, anchors = _anchored_log(folder / "usage.db", events=12, batches=((1, 5), (6, 10)))
+    log, anchors = _anchored_log(
+        folder / "usage.db", events=12, batches=((1, 5), (6, 10))
+    )
     path = folder / "segment.jsonl"
     log.export(path, anchors=anchors)
     log.close()

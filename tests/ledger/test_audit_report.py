@@ -11,21 +11,61 @@ from citymesh.ledger.report import report_csv, report_json, report_table, usage_
 
 def _events():
     return [
-        UsageEvent("query", "bcn-traffic", "barcelona", "madrid", "planning",
-                   rows=100, bytes=1_000, time=1_000.0),
-        UsageEvent("query", "bcn-traffic", "barcelona", "madrid", "planning",
-                   rows=50, bytes=500, time=1_500.0),
-        UsageEvent("train_round", "bcn-health", "barcelona", "hub", "research",
-                   rows=2_000, time=1_200.0),
-        UsageEvent("exchange", "mad-air", "madrid", "barcelona", "marketing",
-                   rows=10, bytes=80, time=1_300.0),
-        UsageEvent("query", "bcn-traffic", "barcelona", "madrid", "planning",
-                   rows=7, time=5_000.0),
+        UsageEvent(
+            "query",
+            "bcn-traffic",
+            "barcelona",
+            "madrid",
+            "planning",
+            rows=100,
+            bytes=1_000,
+            time=1_000.0,
+        ),
+        UsageEvent(
+            "query",
+            "bcn-traffic",
+            "barcelona",
+            "madrid",
+            "planning",
+            rows=50,
+            bytes=500,
+            time=1_500.0,
+        ),
+        UsageEvent(
+            "train_round",
+            "bcn-health",
+            "barcelona",
+            "hub",
+            "research",
+            rows=2_000,
+            time=1_200.0,
+        ),
+        UsageEvent(
+            "exchange",
+            "mad-air",
+            "madrid",
+            "barcelona",
+            "marketing",
+            rows=10,
+            bytes=80,
+            time=1_300.0,
+        ),
+        UsageEvent(
+            "query",
+            "bcn-traffic",
+            "barcelona",
+            "madrid",
+            "planning",
+            rows=7,
+            time=5_000.0,
+        ),
     ]
 
 
 def _no_marketing(event):
-    return "purpose 'marketing' is not allowed" if event.purpose == "marketing" else None
+    return (
+        "purpose 'marketing' is not allowed" if event.purpose == "marketing" else None
+    )
 
 
 def test_report_groups_and_sums(tmp_path):

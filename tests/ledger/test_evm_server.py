@@ -336,6 +336,70 @@ def test_evm_server_block_holds_one_transaction(
     ]
 
 
+def test_evm_server_legacy_and_access_list_types(
+    w3: Web3, accounts: list[LocalAccount]
+) -> None:
+    sender, recipient = accounts[0], accounts[1]
+    legacy = transact(
+        w3, sender, {"to": recipient.address, "value": 1, "gasPrice": 10**10}
+    )
+    access_list = transact(
+        w3,
+        sender,
+        {
+            "to": recipient.address,
+            "value": 1,
+            "gasPrice": 10**10,
+            "accessList": [{"address": recipient.address, "storageKeys": []}],
+        },
+    )
+    legacy_tx = w3.eth.get_transaction(legacy["transactionHash"])
+    access_list_tx = w3.eth.get_transaction(access_list["transactionHash"])
+    assert legacy["type"] == 0
+    assert legacy_tx["type"] == 0
+    assert legacy_tx["v"] in (CHAIN_ID * 2 + 35, CHAIN_ID * 2 + 36)
+    assert legacy["effectiveGasPrice"] == 10**10
+    assert access_list["type"] == 1
+    assert access_list_tx["accessList"][0]["address"] == recipient.address
+
+
+def test_evm_server_lookup_methods(
+    server: ChainServer, w3: Web3, accounts: list[LocalAccount]
+) -> None:
+    counter = deploy_counter(w3, accounts[0])
+    receipt = bump(w3, accounts[0], counter, tag("lookup"))
+    number = hex(receipt["blockNumber"])
+    block_hash = "0x" + bytes(receipt["blockHash"]).hex()
+
+    def call(method: str, *params: object) -> object:
+        response = rpc(
+            server.url,
+            {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
+        ).json()
+        assert "error" not in response, response
+        return response["result"]
+
+    by_number = call("eth_getTransactionByBlockNumberAndIndex", number, "0x0")
+    by_hash = call("eth_getTransactionByBlockHashAndIndex", block_hash, "0x0")
+    assert by_number["hash"] == "0x" + bytes(receipt["transactionHash"]).hex()
+    assert by_hash == by_number
+    assert call("eth_getTransactionByBlockNumberAndIndex", number, "0x1") is None
+    assert call("eth_getBlockTransactionCountByHash", block_hash) == "0x1"
+    assert call("eth_getUncleCountByBlockNumber", number) == "0x0"
+    assert (
+        call("eth_getStorageAt", counter.address, "0x0", "latest")
+        == "0x" + (1).to_bytes(32, "big").hex()
+    )
+    assert call("eth_getStorageAt", counter.address, "0x0", "0x1") == "0x" + "00" * 32
+    assert call("web3_sha3", "0x68656c6c6f") == "0x" + keccak(b"hello").hex()
+    assert call("net_listening") is True
+    assert call("net_peerCount") == "0x0"
+    assert (
+        call("eth_getBlockByNumber", {"blockHash": block_hash}, False)["number"]
+        == number
+    )
+
+
 def test_evm_server_gas_limit_constant(w3: Web3, accounts: list[LocalAccount]) -> None:
     for _ in range(30):
         transact(
@@ -639,8 +703,8 @@ def test_evm_server_concurrent_senders(
 def test_evm_server_shared_account_nonce_allocation(
     server: ChainServer, w3: Web3, accounts: list[LocalAccount]
 ) -> None:
-    # Threads take nonces from one counter but send in any order; the node waits
-    # for the missing nonces instead of rejecting a nonce that arrives early.
+    # Threads take nonces from one counter but may send them out of order. The node
+    # then waits for the missing nonces instead of rejecting an early one.
     sender = accounts[0]
     nonce_lock = threading.Lock()
     next_nonce = [w3.eth.get_transaction_count(sender.address, "pending")]
@@ -904,10 +968,16 @@ def test_embedded_chain_reopen_checks_chain_id(
     state_path: Path, accounts: list[LocalAccount]
 ) -> None:
     EmbeddedChain(state_path, chain_id=1337).close()
-    with pytest.raises(InvalidInput, match="holds chain id 1337, not 5"):
+    with pytest.raises(InvalidInput, match="has chain id 1337, not 5"):
         EmbeddedChain(state_path, chain_id=5)
-    with pytest.raises(InvalidInput, match="holds block gas limit 30000000"):
+    with pytest.raises(InvalidInput, match="has block gas limit 30000000"):
         EmbeddedChain(state_path, gas_limit=10_000_000)
+
+
+def test_embedded_chain_rejects_foreign_file(state_path: Path) -> None:
+    state_path.write_bytes(b"not a database, just text" * 100)
+    with pytest.raises(ChainError, match="is not a chain state file"):
+        EmbeddedChain(state_path)
 
 
 def test_embedded_chain_rejects_bad_prefund(state_path: Path) -> None:

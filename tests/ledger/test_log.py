@@ -142,8 +142,9 @@ def test_log_verified_hashes_name_changed_row(log):
     log.append_many([_event(i) for i in range(6)])
     conn = sqlite3.connect(log.path)
     conn.execute("DROP TRIGGER entries_append_only_update")
-    conn.execute("UPDATE entries SET event = replace(event, 'madrid', 'sevill') "
-                 "WHERE seq = 4")
+    conn.execute(
+        "UPDATE entries SET event = replace(event, 'madrid', 'sevill') WHERE seq = 4"
+    )
     conn.commit()
     conn.close()
     with pytest.raises(LogIntegrityError) as caught:

@@ -63,7 +63,7 @@ def test_canonical_json_integer_floats_lose_their_fraction():
 
 
 def test_canonical_json_writes_unicode_literally():
-    assert canonical_json("é\u2028\x7f") == "\"é\u2028\x7f\"".encode()
+    assert canonical_json("é\u2028\x7f") == '"é\u2028\x7f"'.encode()
 
 
 def test_canonical_json_escapes_control_characters():

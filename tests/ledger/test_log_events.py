@@ -6,10 +6,14 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from citymesh.errors import InvalidInput
+from citymesh.ledger.canonical import canonical_json
 from citymesh.ledger.events import (
     GENESIS_HASH,
+    KINDS,
     UsageEvent,
     canonical_event,
     chain_hash,
@@ -124,3 +128,47 @@ def test_chain_hash_layout():
     digest = bytes(range(32))
     expected = hashlib.sha256(GENESIS_HASH + (7).to_bytes(8, "big") + digest).digest()
     assert chain_hash(GENESIS_HASH, 7, digest) == expected
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(KINDS)),
+    names=st.tuples(texts, texts, texts, texts, texts),
+    counts=st.tuples(*[st.integers(0, 2**53 - 1)] * 3),
+    time_ms=st.integers(0, 4_102_444_800_000),
+    detail=st.dictionaries(st.text(max_size=6), json_values, max_size=5),
+)
+def test_event_fast_canonical_equals_generic(kind, names, counts, time_ms, detail):
+    dataset_id, provider, consumer, purpose, job_id = names
+    rows, size, round_number = counts
+    event = UsageEvent(
+        kind,
+        dataset_id,
+        provider,
+        consumer,
+        purpose,
+        rows=rows,
+        bytes=size,
+        job_id=job_id,
+        round=round_number,
+        time=time_ms / 1000,
+        detail=detail,
+    )
+    event = sign_event(event, Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    assert canonical_event(event) == canonical_json(event.to_dict())
+    assert event.time_ms == time_ms

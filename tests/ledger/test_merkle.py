@@ -102,7 +102,9 @@ def test_merkle_proof_round_trip(leaves, data):
     size = len(leaves)
     assert verify_inclusion(leaves[index], index, size, path, tree.root)
     assert not verify_inclusion(leaves[index] + b"!", index, size, path, tree.root)
-    assert not verify_inclusion(leaves[index], index, size, path + [b"\0" * 32], tree.root)
+    assert not verify_inclusion(
+        leaves[index], index, size, path + [b"\0" * 32], tree.root
+    )
     if path:
         assert not verify_inclusion(leaves[index], index, size, path[:-1], tree.root)
         flipped = bytes([path[0][0] ^ 1]) + path[0][1:]

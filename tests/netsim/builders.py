@@ -1,8 +1,9 @@
 """Small scenario texts for hand-checked tests.
 
-The base city has one district, ``d``, whose edge node links to the hub with a
-10 ms round trip at 8 Gbit/s (10**9 bytes/s), and one department, ``p``, whose
-access link to the edge node has a 2 ms round trip, also at 8 Gbit/s.
+The base city has one district, ``d``, and one department, ``p``. The
+district's edge node links to the hub with a 10 ms round trip at 8 Gbit/s
+(10**9 bytes/s). The department's access link to the edge node has a 2 ms
+round trip, also at 8 Gbit/s.
 """
 
 from __future__ import annotations

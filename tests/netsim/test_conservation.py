@@ -18,9 +18,10 @@ class SmallQueue(CentralQueue):
     queue_limit = 3
 
 
-# An overloaded hub GPU: 40 requests/s of 50 ms work, a 200 ms wait limit
-# and a 3-place queue; requests for a unit kind nobody has; long training jobs
-# and large transfers still under way at the end of the 10-minute run.
+# An overloaded hub GPU gets 40 requests/s of 50 ms work, with a 200 ms wait
+# limit and a 3-place queue. Other requests need a unit kind that no pool has.
+# Long training jobs and large transfers are still under way when the
+# 10-minute run ends.
 OVERLOADED = (
     workload(
         "infer",

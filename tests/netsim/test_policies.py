@@ -25,8 +25,8 @@ def test_latency_aware_prefers_edge_within_target():
     )
     result = simulate(spec, "hub_edge")
 
-    # The edge answers in 2 + 20 ms, inside the 100 ms target, although the hub
-    # would answer sooner (12 + 5 ms).
+    # The edge responds in 2 + 20 ms, inside the 100 ms target, so it wins
+    # although the hub would respond sooner (12 + 5 ms).
     assert result.inference.p50_ms == pytest.approx(22.0)
     assert [pool.tasks for pool in result.pools] == [0, 1]
 
@@ -49,8 +49,8 @@ def test_latency_aware_falls_back_to_hub():
 
 
 def test_compression_fits_model_on_edge():
-    # 12 GB does not fit the 8 GB edge unit; compressed to 6 GB it does, and
-    # runs 2x faster: 2 ms access + 40 / 2 ms.
+    # A 12 GB model does not fit the 8 GB edge unit. Compressed to 6 GB it
+    # fits and runs 2x faster, so the response takes 2 ms access + 40 / 2 ms.
     text = workload(
         "infer",
         "inference",

