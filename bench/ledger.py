@@ -12,8 +12,9 @@ Prints one ``name: value`` line per figure:
 - ``proofs_per_s``: inclusion proofs of anchored entries verified per second
   against the roots read from the chain.
 
-Extra lines: ``single_append_per_s`` (one transaction per event, the rate a node
-gets without grouping), ``onchain_events_per_s``, ``audit_events_per_s``
+Extra lines: ``append_per_s`` and ``anchor_per_s`` (the two phases of
+``events_per_s`` alone), ``single_append_per_s`` (one transaction per event, the
+rate a node gets without grouping), ``onchain_events_per_s``, ``audit_events_per_s``
 (``verify_node`` over the whole log with its proofs) and the run's parameters.
 The chain is the embedded py-evm JSON-RPC server in a subprocess on 127.0.0.1.
 Run: ``python bench/ledger.py [--events N]``.
@@ -129,6 +130,7 @@ def run(events: int, commit_size: int, batch_size: int, onchain: int) -> None:
             started = time.perf_counter()
             for offset in range(0, events, commit_size):
                 log.append_many(pending[offset : offset + commit_size])
+            appended_s = time.perf_counter() - started
             batches = Anchorer(log, client, batch_size=batch_size).anchor_all()
             logged_s = time.perf_counter() - started
             assert sum(b.count for b in batches) == events
@@ -172,6 +174,8 @@ def run(events: int, commit_size: int, batch_size: int, onchain: int) -> None:
     print(f"events_per_s: {events_per_s:.0f}")
     print(f"ratio_vs_onchain: {events_per_s / onchain_per_s:.1f}")
     print(f"proofs_per_s: {_rate(verified, proof_s):.0f}")
+    print(f"append_per_s: {_rate(events, appended_s):.0f}")
+    print(f"anchor_per_s: {_rate(events, logged_s - appended_s):.0f}")
     print(f"single_append_per_s: {_rate(len(singles), single_s):.0f}")
     print(f"onchain_events_per_s: {onchain_per_s:.1f}")
     print(f"audit_events_per_s: {_rate(events, audit_s):.0f}")

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, or_
+from sqlalchemy import event, func, literal_column, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from citymesh.catalog.models import DatasetEntry
@@ -113,6 +113,9 @@ class CatalogStore:
             else self.engine
         )
         SQLModel.metadata.create_all(self.write_engine, tables=[DatasetEntry.__table__])
+        self.full_text = False
+        if self.url.startswith("sqlite"):
+            self.full_text = _create_full_text_index(self.write_engine)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -184,14 +187,20 @@ class CatalogStore:
             )
         if query.offset < 0:
             raise InvalidInput(f"invalid offset {query.offset!r}: use 0 or more")
-        conditions = search_conditions(query)
-        statement = select(DatasetEntry).where(*conditions)
-        statement = statement.order_by(DatasetEntry.id)
-        statement = statement.offset(query.offset).limit(query.limit)
+        conditions = search_conditions(query, full_text=self.full_text)
+        # Page through ids first: sorting ids from an index is cheap, sorting
+        # whole rows (with their JSON columns) is not.
+        id_statement = select(DatasetEntry.id).where(*conditions)
+        id_statement = id_statement.order_by(DatasetEntry.id)
+        id_statement = id_statement.offset(query.offset).limit(query.limit)
         total_statement = select(func.count()).select_from(DatasetEntry)
         total_statement = total_statement.where(*conditions)
         with Session(self.engine, expire_on_commit=False) as session:
-            items = list(session.exec(statement))
+            ids = list(session.exec(id_statement))
+            items = []
+            if ids:
+                rows = select(DatasetEntry).where(col(DatasetEntry.id).in_(ids))
+                items = sorted(session.exec(rows), key=lambda entry: entry.id)
             total = session.exec(total_statement).one()
         return SearchPage(
             items=items, total=total, offset=query.offset, limit=query.limit
@@ -199,12 +208,13 @@ class CatalogStore:
 
 
 def prefix_range(column, prefix: str):
-    """Match ``prefix`` itself and dotted sub-codes, using the column's index.
+    """Match ``prefix`` itself and dotted sub-codes as one index range.
 
-    '04.5' matches '04.5' and everything from '04.5.' up to but excluding
-    '04.5/', because '/' is the character right after '.' in ASCII.
+    '04.5' matches everything from '04.5' up to but excluding '04.5/'. Because
+    '/' follows '.' in ASCII and precedes the digits, that range holds '04.5'
+    and '04.5.*' but not '04.50', for codes made of digits and dots.
     """
-    return or_(column == prefix, (column >= prefix + ".") & (column < prefix + "/"))
+    return (column >= prefix) & (column < prefix + "/")
 
 
 def escape_like(text: str) -> str:
@@ -212,8 +222,13 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def search_conditions(query: SearchQuery) -> list:
-    """Return the SQL conditions for ``query``."""
+def search_conditions(query: SearchQuery, *, full_text: bool = False) -> list:
+    """Return the SQL conditions for ``query``.
+
+    With ``full_text`` (SQLite with FTS5), keywords of 3 or more characters
+    use the trigram index; shorter ones and other databases use LIKE. Both
+    match the keyword as a case-insensitive substring.
+    """
     conditions = []
     if query.code_prefix:
         conditions.append(prefix_range(col(DatasetEntry.code), query.code_prefix))
@@ -226,7 +241,19 @@ def search_conditions(query: SearchQuery) -> list:
     if query.tier:
         conditions.append(col(DatasetEntry.tier) == query.tier)
     if query.keyword:
-        for word in query.keyword.lower().split():
+        words = query.keyword.lower().split()
+        indexed = [word for word in words if full_text and len(word) >= 3]
+        if indexed:
+            match = " AND ".join(
+                '"' + word.replace('"', '""') + '"' for word in indexed
+            )
+            rowids = text("SELECT rowid FROM dataset_fts WHERE dataset_fts MATCH :m")
+            conditions.append(
+                literal_column("dataset.rowid").in_(rowids.bindparams(m=match))
+            )
+        for word in words:
+            if word in indexed:
+                continue
             pattern = f"%{escape_like(word)}%"
             conditions.append(col(DatasetEntry.search_text).like(pattern, escape="\\"))
     return conditions
@@ -240,3 +267,36 @@ def search_text(entry: DatasetEntry) -> str:
     if entry.local_code:
         parts.append(entry.local_code)
     return " ".join(part for part in parts if part).lower()
+
+
+FULL_TEXT_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS dataset_fts USING fts5(search_text, "
+    "content='dataset', content_rowid='rowid', tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS dataset_fts_insert AFTER INSERT ON dataset BEGIN "
+    "INSERT INTO dataset_fts(rowid, search_text) VALUES (new.rowid, new.search_text);"
+    " END",
+    "CREATE TRIGGER IF NOT EXISTS dataset_fts_delete AFTER DELETE ON dataset BEGIN "
+    "INSERT INTO dataset_fts(dataset_fts, rowid, search_text) "
+    "VALUES ('delete', old.rowid, old.search_text); END",
+    "CREATE TRIGGER IF NOT EXISTS dataset_fts_update AFTER UPDATE ON dataset BEGIN "
+    "INSERT INTO dataset_fts(dataset_fts, rowid, search_text) "
+    "VALUES ('delete', old.rowid, old.search_text); "
+    "INSERT INTO dataset_fts(rowid, search_text) VALUES (new.rowid, new.search_text);"
+    " END",
+    "CREATE INDEX IF NOT EXISTS ix_dataset_city_grade ON dataset (city, grade, id)",
+    "CREATE INDEX IF NOT EXISTS ix_dataset_tier_code ON dataset (tier, code, id)",
+)
+
+
+def _create_full_text_index(engine: Engine) -> bool:
+    """Create the SQLite trigram index and composite indexes; False without FTS5."""
+    try:
+        with engine.begin() as connection:
+            for statement in FULL_TEXT_DDL:
+                connection.exec_driver_sql(statement)
+    except OperationalError as error:
+        log.warning(
+            "SQLite full-text index unavailable, keyword search scans: %s", error
+        )
+        return False
+    return True

@@ -69,7 +69,11 @@ _mount()
 def main() -> None:
     """Run the CLI; a CitymeshError exits 1 with one line and no traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the code of typer.Exit instead of
+        # exiting, so it is passed on here.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except CitymeshError as error:
         err_console.print(f"[red]error:[/red] {error}")
         sys.exit(1)

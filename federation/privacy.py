@@ -122,6 +122,12 @@ class PrivacyBudgets:
         entry = self._read().get(dataset_id, {"jobs": {}})
         return float(sum(entry["jobs"].values()))
 
+    def reserved(self, dataset_id: str, job_id: str) -> float | None:
+        """Return the epsilon reserved for the job, or None when it has none."""
+        entry = self._read().get(dataset_id, {"jobs": {}})
+        value = entry["jobs"].get(job_id)
+        return None if value is None else float(value)
+
     def reserve(self, dataset_id: str, job_id: str, epsilon: float) -> float:
         """Record ``epsilon`` for the job, or raise PolicyViolation past the budget.
 

@@ -53,7 +53,7 @@ class FederationError(CitymeshError):
 def make_server_app(
     on_train: TrainHook | None = None, on_round: RoundHook | None = None
 ) -> ServerApp:
-    """Build the ServerApp. The hooks see each accepted update and each round's metrics."""
+    """Build the ServerApp, whose hooks see each accepted update and round's metrics."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -93,9 +93,10 @@ def run_rounds(
     # A deployment's run config always has the key; 0 there means no limit.
     max_norm = float(context.run_config.get("max-update-norm", 0.0)) or None
 
+    # Only nodes that passed the survey take part: a node that connects later,
+    # or that rejected the job, gets no training message.
     encoding, members = survey_nodes(grid, spec)
-    if spec.datasets:
-        grid = MemberGrid(grid, set(members))
+    grid = MemberGrid(grid, set(members))
     model = build_model(spec.model, encoding.width, seed=spec.seed)
     initial = ArrayRecord(model.state_dict())
 

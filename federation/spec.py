@@ -56,7 +56,7 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """The binary label: ``column > threshold``; rows with the column missing are dropped."""
+    """The binary label ``column > threshold``. Rows without the column are dropped."""
 
     column: str = "arr_delay"
     threshold: float = 15.0

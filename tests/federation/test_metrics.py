@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
-from citymesh.federation.metrics import ScoreHistogram, sum_histograms
 from sklearn.metrics import accuracy_score, roc_auc_score
+
+from citymesh.federation.metrics import ScoreHistogram, sum_histograms
 
 
 def scored_rows(seed: int, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from citymesh.errors import InvalidInput
 from citymesh.federation import (
     JobSpec,
     RoundMetrics,
@@ -10,8 +12,6 @@ from citymesh.federation import (
     run_job,
     train_centralized,
 )
-
-from citymesh.errors import InvalidInput
 
 
 def test_run_job_trains_every_city(

@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
-from citymesh.federation import JobSpec
 
 from citymesh.errors import InvalidInput
+from citymesh.federation import JobSpec
 
 SPEC_TOML = """
 name = "late-arrivals"

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from citymesh.federation import JobSpec, run_job
 
 usage_log = pytest.importorskip("citymesh.ledger.log")

@@ -130,7 +130,8 @@ def test_audit_rechained_change_without_proofs_names_batch(tmp_path):
     _rewrite_from(log, 11, changed, rechain=True)
     verdict = verify_node(log.entries(), anchors)
     assert not verdict.ok
-    assert verdict.first_bad_seq == 9  # the batch 9..16; the root cannot say more
+    # Without proofs the anchored root locates the change only to its batch, 9..16.
+    assert verdict.first_bad_seq == 9
     assert "anchored root" in verdict.reason
 
 
@@ -209,7 +210,7 @@ def test_audit_segment_broken_line_named(tmp_path):
     path = tmp_path / "segment.jsonl"
     log.export(path, anchors=anchors)
     lines = path.read_bytes().split(b"\n")
-    lines[7] = lines[7][:-5]  # line 8 holds entry 7
+    lines[7] = lines[7][:-5]  # line 8 contains entry 7
     path.write_bytes(b"\n".join(lines))
     verdict = verify_segment(path, anchors)
     assert not verdict.ok
@@ -259,3 +260,16 @@ def test_audit_detects_every_single_byte_change(exported, change):
     path.write_bytes(bytes(data))
     verdict = verify_segment(path, anchors)
     assert not verdict.ok, f"{action} at {position % len(original)} went unnoticed"
+
+
+def test_audit_segment_broken_anchor_line_not_blamed_on_entry(tmp_path):
+    log, anchors = _anchored_log(tmp_path / "usage.db")
+    path = tmp_path / "segment.jsonl"
+    log.export(path, anchors=anchors)
+    lines = path.read_bytes().split(b"\n")
+    lines[-2] = lines[-2].replace(b'"type":"anchor"', b'"type":"anchr"')
+    path.write_bytes(b"\n".join(lines))
+    verdict = verify_segment(path)
+    assert not verdict.ok
+    assert verdict.first_bad_seq is None
+    assert "line 23" in verdict.reason

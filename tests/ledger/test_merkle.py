@@ -1,4 +1,4 @@
-"""Merkle trees: RFC 6962 known answers, the recursive definition, proof round trips."""
+"""Merkle trees: RFC 6962 test vectors, the recursive definition, proof round trips."""
 
 import hashlib
 
