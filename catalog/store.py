@@ -19,6 +19,9 @@ log = logging.getLogger("citymesh.catalog")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MAX_PAGE = 1000
+# Searches count matches exactly up to this many; above it the total is a
+# lower bound and the page says so, which keeps broad searches fast.
+COUNT_CAP = 10_000
 
 
 class DuplicateDataset(InvalidInput):
@@ -41,7 +44,11 @@ class SearchQuery:
 
 @dataclass
 class SearchPage:
-    """One page of search results and the total number of matches."""
+    """One page of search results and the total number of matches.
+
+    ``extra["total_exact"]`` is False when more than COUNT_CAP entries match;
+    ``total`` is then COUNT_CAP.
+    """
 
     items: list[DatasetEntry]
     total: int
@@ -193,8 +200,8 @@ class CatalogStore:
         id_statement = select(DatasetEntry.id).where(*conditions)
         id_statement = id_statement.order_by(DatasetEntry.id)
         id_statement = id_statement.offset(query.offset).limit(query.limit)
-        total_statement = select(func.count()).select_from(DatasetEntry)
-        total_statement = total_statement.where(*conditions)
+        capped = select(DatasetEntry.id).where(*conditions).limit(COUNT_CAP + 1)
+        total_statement = select(func.count()).select_from(capped.subquery())
         with Session(self.engine, expire_on_commit=False) as session:
             ids = list(session.exec(id_statement))
             items = []
@@ -202,8 +209,13 @@ class CatalogStore:
                 rows = select(DatasetEntry).where(col(DatasetEntry.id).in_(ids))
                 items = sorted(session.exec(rows), key=lambda entry: entry.id)
             total = session.exec(total_statement).one()
+        exact = total <= COUNT_CAP
         return SearchPage(
-            items=items, total=total, offset=query.offset, limit=query.limit
+            items=items,
+            total=min(total, COUNT_CAP),
+            offset=query.offset,
+            limit=query.limit,
+            extra={"total_exact": exact},
         )
 
 
@@ -283,6 +295,10 @@ FULL_TEXT_DDL = (
     "VALUES ('delete', old.rowid, old.search_text); "
     "INSERT INTO dataset_fts(rowid, search_text) VALUES (new.rowid, new.search_text);"
     " END",
+    # Covering indexes: a page query reads ids only, so SQLite answers it from
+    # the index without visiting the table rows.
+    "CREATE INDEX IF NOT EXISTS ix_dataset_code_id ON dataset (code, id)",
+    "CREATE INDEX IF NOT EXISTS ix_dataset_grade_id ON dataset (grade, id)",
     "CREATE INDEX IF NOT EXISTS ix_dataset_city_grade ON dataset (city, grade, id)",
     "CREATE INDEX IF NOT EXISTS ix_dataset_tier_code ON dataset (tier, code, id)",
 )

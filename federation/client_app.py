@@ -1,6 +1,6 @@
 """The city's Flower ClientApp: statistics, local training and local evaluation.
 
-The node config names the city's data (keys below); the job spec, the feature
+The node config names the city's data (keys below). The job spec, the feature
 encoding and the global model arrive in each message from the ServerApp. Replies
 carry only aggregates: column statistics, model weights, score histograms.
 
@@ -10,6 +10,9 @@ Node config keys:
     dataset-id  catalog id of the dataset, recorded in usage events (optional)
     usage-log   path of the node's usage log; when set, one ``train_round`` event is
                 appended per training round (optional)
+    approvals   path of the node's approval file (see ``approval.Approvals``); when
+                set, the node runs only jobs whose spec and code its operator
+                approved (optional)
     privacy-budgets
                 path of the node's per-dataset epsilon budgets (see
                 ``privacy.PrivacyBudgets``); when set, a differentially private
@@ -22,8 +25,12 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -37,6 +44,7 @@ from flwr.clientapp.typing import Mod
 
 from citymesh.errors import InvalidInput, PolicyViolation
 
+from .approval import Approvals
 from .data import CitySplit, read_city
 from .encoding import FeatureEncoding, local_statistics
 from .metrics import ScoreHistogram
@@ -56,8 +64,10 @@ WEIGHT_KEY = "num-examples"
 # Weight of every update under differential privacy, which needs an unweighted mean.
 UNIT_WEIGHT_KEY = "unit-weight"
 
+# Splits and encoded matrices of the most recent jobs in this process.
+CACHE_ENTRIES = 12
 _cache_lock = threading.Lock()
-_split_cache: dict[tuple[str, float, str], CitySplit] = {}
+_cache: OrderedDict[tuple, object] = OrderedDict()
 
 
 def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
@@ -72,7 +82,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     def statistics(message: Message, context: Context) -> Message:
         spec = _spec(message)
         if not _is_member(context, spec):
-            # A city outside the job only tells the hub who it is.
+            # A city outside the job replies with its name and no statistics.
             content = RecordDict(
                 {
                     STATISTICS_KEY: ConfigRecord(),
@@ -81,6 +91,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
                 }
             )
             return Message(content, reply_to=message)
+        _require_approval(context, spec, log_refusal=True)
         if spec.privacy.mode == "dp":
             _reserve_privacy(context, spec)
         split = _city_split(context, spec)
@@ -107,6 +118,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
         started = time.perf_counter()
         spec = _spec(message)
         _require_member(context, spec)
+        _require_approval(context, spec)
         _require_privacy_reservation(context, spec)
         config = message.content[CONFIG_KEY]
         server_round = int(config["server-round"])
@@ -115,7 +127,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
 
         model = build_model(spec.model, encoding.width, seed=spec.seed)
         model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
-        features = encoding.encode(split.train)
+        features = _encoded(context, spec, str(config["encoding"]), "train")
         loss = train_epochs(
             model,
             features,
@@ -147,13 +159,15 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     def evaluate(message: Message, context: Context) -> Message:
         spec = _spec(message)
         _require_member(context, spec)
+        _require_approval(context, spec)
         config = message.content[CONFIG_KEY]
         encoding = FeatureEncoding.from_json(str(config["encoding"]))
         split = _city_split(context, spec)
 
         model = build_model(spec.model, encoding.width, seed=spec.seed)
         model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
-        scores = predict_scores(model, encoding.encode(split.test))
+        test_features = _encoded(context, spec, str(config["encoding"]), "test")
+        scores = predict_scores(model, test_features)
         histogram = ScoreHistogram.from_scores(scores, split.test_labels)
 
         metrics = MetricRecord(
@@ -212,8 +226,7 @@ def _city(context: Context) -> str:
     return str(context.node_config.get("city", context.node_id))
 
 
-def _city_split(context: Context, spec: JobSpec) -> CitySplit:
-    """Read the city's split once per file version and split settings."""
+def _split_key(context: Context, spec: JobSpec) -> tuple[str, float, str]:
     raw_path = context.node_config.get("data-path")
     if not raw_path:
         raise InvalidInput(
@@ -221,24 +234,68 @@ def _city_split(context: Context, spec: JobSpec) -> CitySplit:
             "--node-config \"data-path='/path/to/city.parquet'\""
         )
     path = Path(str(raw_path))
-    key = (
-        str(path.resolve()),
-        path.stat().st_mtime if path.exists() else 0.0,
-        JobSpec.from_dict(
-            {
-                "features": spec.features,
-                "target": spec.target,
-                "seed": spec.seed,
-                "test_fraction": spec.test_fraction,
-            }
-        ).to_json(),
+    settings = JobSpec.from_dict(
+        {
+            "features": spec.features,
+            "target": spec.target,
+            "seed": spec.seed,
+            "test_fraction": spec.test_fraction,
+        }
     )
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    return str(path.resolve()), mtime, settings.to_json()
+
+
+def _cached(key: tuple, build: Callable[[], object]) -> object:
+    """Return the cached value for ``key``, building it on a miss (LRU, thread-safe).
+
+    A long-running ClientApp process serves round after round, so the city's
+    split and its encoded matrices are built once per job, not once per message.
+    """
     with _cache_lock:
-        split = _split_cache.get(key)
-        if split is None:
-            split = read_city(path, spec)
-            _split_cache[key] = split
-    return split
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    value = build()
+    with _cache_lock:
+        _cache[key] = value
+        while len(_cache) > CACHE_ENTRIES:
+            _cache.popitem(last=False)
+    return value
+
+
+def _city_split(context: Context, spec: JobSpec) -> CitySplit:
+    """Read the city's split once per file version and split settings."""
+    key = _split_key(context, spec)
+    path = Path(key[0])
+    return cast(CitySplit, _cached(("split", key), lambda: read_city(path, spec)))
+
+
+def _encoded(
+    context: Context, spec: JobSpec, encoding_json: str, part: str
+) -> np.ndarray:
+    """Return the city's train or test rows encoded with the job's encoding."""
+    split = _city_split(context, spec)
+    frame = split.train if part == "train" else split.test
+    key = ("encoded", _split_key(context, spec), encoding_json, part)
+    encoding = FeatureEncoding.from_json(encoding_json)
+    return cast(np.ndarray, _cached(key, lambda: encoding.encode(frame)))
+
+
+def _require_approval(
+    context: Context, spec: JobSpec, *, log_refusal: bool = False
+) -> None:
+    """Reject the job unless the node's operator approved this spec and code."""
+    approvals_path = context.node_config.get("approvals")
+    if not approvals_path:
+        return
+    try:
+        Approvals(Path(str(approvals_path))).check(spec)
+    except PolicyViolation as exc:
+        if log_refusal:
+            _append_event(context, spec, "refusal", detail={"reason": str(exc)})
+        log.warning("city %s rejected job %s: %s", _city(context), spec.id, exc)
+        raise
 
 
 def _reserve_privacy(context: Context, spec: JobSpec) -> None:

@@ -1,7 +1,7 @@
 """Per-city contribution scores: data size, leave-one-out and Shapley values.
 
 The value of a set of cities is the pooled test AUC of the model they train together
-(same spec, same splits); the empty set is worth 0.5, the AUC of a constant guess.
+(same spec, same splits). The empty set is worth 0.5, the AUC of a constant guess.
 Leave-one-out is the AUC lost when a city is left out. The Shapley value averages a
 city's marginal gain over all orders in which cities could join: computed exactly
 from all 2^n - 1 coalitions up to ``EXACT_SHAPLEY_MAX_CITIES`` cities, and estimated
@@ -39,7 +39,7 @@ SHAPLEY_PERMUTATIONS = 30
 class Contribution:
     """A city's contribution to a job.
 
-    ``loo`` is the pooled-AUC drop when the city is left out; ``shapley`` the
+    ``loo`` is the pooled-AUC drop when the city is left out, and ``shapley`` the
     city's Shapley value in AUC points (None when not computed). The Shapley values
     of all cities sum to the full model's AUC minus 0.5.
     """

@@ -7,8 +7,8 @@ package's ServerApp and ClientApp (``citymesh.federation.server_app:app`` and
 ``citymesh.federation.client_app:app``). Each SuperNode's node config carries the
 city's name, data path and usage log path, so the ClientApp reads only its own file.
 
-Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs on one HTTP port,
-and has no Python call that returns a run's result: ``flwr run --format json``
+Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs on one HTTP port.
+It has no Python call that returns a run's result. So ``flwr run --format json``
 returns the run id, ``flwr ls --run-id`` its status, and the ServerApp writes its
 result files into the run config's ``output-dir``.
 """

@@ -2,10 +2,10 @@
 
 Every city must encode its rows the same way, or the averaged weights would mean
 different things in different cities. The vocabulary and the scaling come from the
-job spec or from a federated statistics step: each city reports, for its train split,
-the set of values of each categorical column and the count, sum and sum of squares of
-each numeric column; ``merge_statistics`` combines these aggregates. No row leaves a
-city in this step.
+job spec or from a federated statistics step. In that step each city reports, for
+its train split, the set of values of each categorical column and the count, sum
+and sum of squares of each numeric column. ``merge_statistics`` combines these
+aggregates, and no row leaves a city.
 """
 
 from __future__ import annotations

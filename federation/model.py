@@ -44,8 +44,8 @@ class MLP(nn.Module):
 def build_model(spec: ModelSpec, inputs: int, seed: int = 0) -> nn.Module:
     """Build the spec's model with weights drawn from ``seed``.
 
-    A ``kind`` of the form ``package.module:ClassName`` names a user's torch module;
-    it is called with the number of inputs and must return one logit per row.
+    A ``kind`` of the form ``package.module:ClassName`` names a user's torch module.
+    It is called with the number of inputs and must return one logit per row.
     """
     torch.manual_seed(seed)
     if spec.kind == "logreg":

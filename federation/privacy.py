@@ -5,7 +5,7 @@ Privacy mode ``dp`` wraps the job's FedAvg in Flower's
 update to ``clipping_norm`` (L2) and adds Gaussian noise with standard deviation
 ``noise_multiplier * clipping_norm / cities`` to their unweighted mean. The unit of
 privacy is a whole city dataset (client-level DP), and the hub is trusted to clip
-and add noise, because it sees each city's update before noise (central DP).
+and add noise, because it receives each city's update before noise (central DP).
 Flower's wrapper was chosen over Opacus DP-SGD, which would protect single rows,
 because it needs no change to local training and runs at full speed; Opacus is
 not a dependency of citymesh.

@@ -25,7 +25,12 @@ from .contributions import Contribution, score_contributions
 from .deployment import LocalFederation
 from .inprocess import InProcessGrid, run_server_app
 from .privacy import check_job_budget
-from .server_app import MODEL_FILE, RESULT_FILE, make_server_app
+from .server_app import (
+    MODEL_FILE,
+    RESULT_FILE,
+    make_server_app,
+    require_supported_privacy,
+)
 from .spec import JobSpec
 from .strategy import RoundRecord
 
@@ -138,6 +143,7 @@ def run_job(
             f"job needs min_nodes = {spec.min_nodes} cities but datasets names "
             f"{len(datasets)}: {sorted(datasets)!r}"
         )
+    require_supported_privacy(spec)
     check_job_budget(spec)
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -202,9 +208,13 @@ def _subset_spec(
         city: spec.datasets.get(city) or dataset_ids.get(city) or city
         for city in cities
     }
+    # The subset run is a use of the data of its own, so its usage events carry
+    # their own job id. NOTE: a node that requires approvals rejects subset runs
+    # that its operator did not approve, and leave-one-out then fails.
     return JobSpec.from_dict(
         {
             **spec.to_dict(),
+            "job_id": f"{spec.id}:cities={'+'.join(cities)}",
             "datasets": datasets,
             "min_nodes": min(spec.min_nodes, len(cities)),
         }

@@ -1,7 +1,7 @@
 """FedAvg that also keeps per-city records and rejects broken updates.
 
-Aggregation is Flower's ``FedAvg`` (``flwr.serverapp.strategy``); this subclass only
-filters the replies before Flower averages them and records, per round, which city
+Aggregation is Flower's ``FedAvg`` (``flwr.serverapp.strategy``). This subclass only
+filters the replies before Flower averages them, and records per round which city
 trained on how many rows and how each city scored. Evaluation replies carry score
 histograms, which ``pooled_evaluate_metrics`` sums into the pooled AUC and accuracy.
 """
@@ -56,7 +56,7 @@ class CityRound:
 
 @dataclass
 class RoundRecord:
-    """What the ServerApp saw in one round."""
+    """The ServerApp's record of one round."""
 
     round: int
     started: float = 0.0

@@ -39,12 +39,21 @@ def serve(
         typer.Option(help="ADDRESS=WEI to fund in the genesis block; repeatable."),
     ] = None,
     chain_id: Annotated[int, typer.Option(help="EIP-155 chain id.")] = 1337,
+    fsync: Annotated[
+        bool,
+        typer.Option(
+            help="fsync the state file after each block; --no-fsync trades crash "
+            "safety for speed."
+        ),
+    ] = True,
 ) -> None:
     """Run the embedded py-evm chain behind Ethereum JSON-RPC until stopped."""
     from citymesh.ledger.evm_server import serve as serve_chain
 
     funds = _parse_prefund(prefund or [])
-    serve_chain(state, host=host, port=port, prefund=funds, chain_id=chain_id)
+    serve_chain(
+        state, host=host, port=port, prefund=funds, chain_id=chain_id, durable=fsync
+    )
 
 
 @app.command()

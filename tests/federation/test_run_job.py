@@ -12,6 +12,7 @@ from citymesh.federation import (
     run_job,
     train_centralized,
 )
+from citymesh.federation.server_app import FederationError
 
 
 def test_run_job_trains_every_city(
@@ -133,3 +134,11 @@ def test_run_job_unknown_mode_rejected(
 ) -> None:
     with pytest.raises(InvalidInput, match="run mode 'cloud' is unknown"):
         run_job(quick_spec, city_files, mode="cloud")
+
+
+def test_run_job_secagg_not_run_unprotected(
+    city_files: dict[str, Path], quick_spec: JobSpec
+) -> None:
+    spec = JobSpec.from_dict({**quick_spec.to_dict(), "privacy": {"mode": "secagg"}})
+    with pytest.raises(FederationError, match="secure aggregation"):
+        run_job(spec, city_files)
