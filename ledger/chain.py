@@ -568,7 +568,7 @@ class ChainClient:
         return self._call("CreditToken.totalSupply", self._token, "totalSupply")
 
     def paid_epoch(self, root: bytes) -> int | None:
-        """Return the epoch whose settlement paid ``root``, or None while it is unpaid."""
+        """Return the epoch of the settlement that paid ``root``, or None if unpaid."""
         checked = _bytes32(root, "root")
         plus_one = self._call(
             "CreditToken.paidInEpochPlusOne", self._token, "paidInEpochPlusOne", checked
