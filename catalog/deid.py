@@ -78,7 +78,7 @@ def mask_values(values: pa.Array, keep_last: int = 0) -> pa.Array:
 
 
 def generalize_values(values: pa.Array, rule: dict[str, Any]) -> pa.Array:
-    """Coarsen coordinates, dates or numbers as the rule says."""
+    """Coarsen coordinates, dates or numbers as the rule specifies."""
     arrow_type = values.type
     if "cell" in rule:
         cell = float(rule["cell"])

@@ -7,11 +7,12 @@ A mapping file is JSON::
                   {"local": "TR-AIR-CARGO", "target": "TR-AIR"}]}
 
 A target is a shared code or another local code, so local codes may form a
-hierarchy. Validation reports every problem at once: an unknown target, a
-local code that is also a shared code, a local code listed twice, two local
-codes resolving onto one shared code when ``allow_many_to_one`` is false
-(local codes that reach it through another local code do not count), and a
-cycle among local codes.
+hierarchy. Validation reports every problem at once. The problems are an
+unknown target, a local code that is also a shared code, a local code listed
+twice, and a cycle among local codes. Two local codes that map directly onto
+one shared code are a problem too, unless ``allow_many_to_one`` is true.
+Local codes that reach a shared code through another local code do not count
+for that rule.
 """
 
 from __future__ import annotations

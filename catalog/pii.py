@@ -3,7 +3,7 @@
 Categories: ``person_name``, ``id_number`` (national or local ID numbers and
 record numbers that point at a person), ``phone``, ``email``, ``address``,
 ``coordinates`` (exact, at 4 or more decimals, about 11 m or finer) and
-``date_of_birth``. Columns that identify nobody alone but narrow a person down
+``date_of_birth``. Columns that identify no one alone but narrow a person down
 in combination (age, gender, race, postcode, event dates, areas) are reported
 as quasi-identifiers, for the k-anonymity check.
 

@@ -31,16 +31,22 @@ from citymesh.catalog.pii import personal_columns
 from citymesh.errors import InvalidInput, PolicyViolation
 
 FILTER_OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
+COMPRESSIONS = ("lz4", "zstd", "none")
 
 
 @dataclass
 class ExtractRequest:
-    """A consumer's request for rows of one dataset."""
+    """A consumer's request for rows of one dataset.
+
+    ``compression`` is the Arrow IPC buffer compression of the stream: lz4
+    (the default), zstd or none.
+    """
 
     dataset_id: str
     purpose: str
     columns: list[str] | None = None
     filter: list[list[Any]] = field(default_factory=list)
+    compression: str = "lz4"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ExtractRequest:
@@ -69,7 +75,13 @@ class ExtractRequest:
                 f"invalid filter {row_filter!r}: give a list of [column, operator, "
                 "value] conditions"
             )
-        return cls(dataset_id, purpose, columns, row_filter)
+        compression = data.get("compression") or "lz4"
+        if compression not in COMPRESSIONS:
+            raise InvalidInput(
+                f"invalid compression {compression!r}: use one of "
+                f"{', '.join(COMPRESSIONS)}"
+            )
+        return cls(dataset_id, purpose, columns, row_filter, compression)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,12 +89,13 @@ class ExtractRequest:
             "purpose": self.purpose,
             "columns": self.columns,
             "filter": self.filter,
+            "compression": self.compression,
         }
 
 
 @dataclass(frozen=True)
 class ExtractPlan:
-    """What an allowed extract reads and how it de-identifies the rows."""
+    """The columns, filter and de-identification rules of an allowed extract."""
 
     columns: list[str]
     expression: pc.Expression | None

@@ -1,9 +1,10 @@
 """Quality report per dataset and column, computed while batches stream past.
 
-Per column: completeness (non-null share), uniqueness (distinct share of non-null
-values), validity (share of non-null values that are usable: finite numbers and
-non-blank strings; every other type counts as valid once it parsed to its column
-type), and for numbers min, max, mean, standard deviation and outliers.
+Per column the report gives completeness (the non-null share) and uniqueness
+(the distinct share of non-null values). It also gives validity, the share of
+non-null values that are usable: finite numbers and non-blank strings, while
+every other type counts as valid once it parsed to its column type. Numeric
+columns add min, max, mean, standard deviation and outliers.
 
 Distinct counts are exact up to ``DISTINCT_SKETCH`` distinct values and estimated
 above that with a k-minimum-values sketch over 64-bit hashes, so memory stays flat

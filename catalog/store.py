@@ -20,7 +20,7 @@ log = logging.getLogger("citymesh.catalog")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MAX_PAGE = 1000
 # Searches count matches exactly up to this many; above it the total is a
-# lower bound and the page says so, which keeps broad searches fast.
+# lower bound and the page marks it so, which keeps broad searches fast.
 COUNT_CAP = 10_000
 
 
@@ -223,7 +223,7 @@ def prefix_range(column, prefix: str):
     """Match ``prefix`` itself and dotted sub-codes as one index range.
 
     '04.5' matches everything from '04.5' up to but excluding '04.5/'. Because
-    '/' follows '.' in ASCII and precedes the digits, that range holds '04.5'
+    '/' follows '.' in ASCII and precedes the digits, that range contains '04.5'
     and '04.5.*' but not '04.50', for codes made of digits and dots.
     """
     return (column >= prefix) & (column < prefix + "/")
@@ -237,9 +237,10 @@ def escape_like(text: str) -> str:
 def search_conditions(query: SearchQuery, *, full_text: bool = False) -> list:
     """Return the SQL conditions for ``query``.
 
-    With ``full_text`` (SQLite with FTS5), keywords of 3 or more characters
-    use the trigram index; shorter ones and other databases use LIKE. Both
-    match the keyword as a case-insensitive substring.
+    Each keyword must match the start of a word, case-insensitively. With
+    ``full_text`` (SQLite with FTS5) the full-text index evaluates that. Other
+    databases use LIKE on the search text, which matches the keyword anywhere
+    in a word, so they may return more entries.
     """
     conditions = []
     if query.code_prefix:
@@ -254,10 +255,10 @@ def search_conditions(query: SearchQuery, *, full_text: bool = False) -> list:
         conditions.append(col(DatasetEntry.tier) == query.tier)
     if query.keyword:
         words = query.keyword.lower().split()
-        indexed = [word for word in words if full_text and len(word) >= 3]
+        indexed = words if full_text else []
         if indexed:
             match = " AND ".join(
-                '"' + word.replace('"', '""') + '"' for word in indexed
+                '"' + word.replace('"', '""') + '"*' for word in indexed
             )
             rowids = text("SELECT rowid FROM dataset_fts WHERE dataset_fts MATCH :m")
             conditions.append(
@@ -283,7 +284,7 @@ def search_text(entry: DatasetEntry) -> str:
 
 FULL_TEXT_DDL = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS dataset_fts USING fts5(search_text, "
-    "content='dataset', content_rowid='rowid', tokenize='trigram')",
+    "content='dataset', content_rowid='rowid', tokenize='unicode61')",
     "CREATE TRIGGER IF NOT EXISTS dataset_fts_insert AFTER INSERT ON dataset BEGIN "
     "INSERT INTO dataset_fts(rowid, search_text) VALUES (new.rowid, new.search_text);"
     " END",
@@ -295,7 +296,7 @@ FULL_TEXT_DDL = (
     "VALUES ('delete', old.rowid, old.search_text); "
     "INSERT INTO dataset_fts(rowid, search_text) VALUES (new.rowid, new.search_text);"
     " END",
-    # Covering indexes: a page query reads ids only, so SQLite answers it from
+    # Covering indexes: a page query reads ids only, so SQLite reads it from
     # the index without visiting the table rows.
     "CREATE INDEX IF NOT EXISTS ix_dataset_code_id ON dataset (code, id)",
     "CREATE INDEX IF NOT EXISTS ix_dataset_grade_id ON dataset (grade, id)",
@@ -305,7 +306,7 @@ FULL_TEXT_DDL = (
 
 
 def _create_full_text_index(engine: Engine) -> bool:
-    """Create the SQLite trigram index and composite indexes; False without FTS5."""
+    """Create the SQLite full-text and covering indexes; False without FTS5."""
     try:
         with engine.begin() as connection:
             for statement in FULL_TEXT_DDL:

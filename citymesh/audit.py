@@ -1,56 +1,57 @@
-"""The regulator's audit of a running network: node logs checked against the chain."""
+"""The regulator's audit of a running network: node logs checked against the chain.
+
+For each active city node in the on-chain registry, the regulator downloads the
+node's log as a segment file (entries, inclusion proofs and anchor copies), keeps it,
+and verifies it against the anchors the chain holds for the node's account. The kept
+files can be verified again later, offline or against the chain.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from citymesh.errors import CitymeshError, InvalidInput
-from citymesh.ledger.audit import verify_node
-from citymesh.ledger.events import LogEntry, UsageEvent
+from citymesh.errors import CitymeshError
+from citymesh.ledger.audit import NodeVerdict, verify_segment
 
 logger = logging.getLogger("citymesh.audit")
 
-__all__ = ["audit_nodes", "entry_from_json"]
+__all__ = ["audit_nodes", "verdict_dict"]
 
 ROLE_CITY_NODE = 1
 
 
-def _hash(value: Any, what: str, seq: Any) -> bytes:
-    if not isinstance(value, str) or len(value) != 64:
-        raise InvalidInput(
-            f"log entry {seq!r}: {what} must be 64 hex digits, got {value!r}"
-        )
-    return bytes.fromhex(value)
+def verdict_dict(verdict: NodeVerdict) -> dict[str, Any]:
+    """Return a verdict as JSON-ready data."""
+    return {
+        "ok": verdict.ok,
+        "events": verdict.events,
+        "anchored": verdict.anchored,
+        "first_bad_seq": verdict.first_bad_seq,
+        "reason": verdict.reason,
+    }
 
 
-def entry_from_json(data: Mapping[str, Any]) -> LogEntry:
-    """Rebuild a LogEntry from a node's ``/ledger/events`` JSON.
-
-    The hashes are taken as the node states them; ``verify_node`` recomputes each
-    one from the event, so a node that lies about them fails the audit.
-    """
-    seq = data.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        raise InvalidInput(f"log entry seq must be a positive integer, got {seq!r}")
-    return LogEntry(
-        seq=seq,
-        event=UsageEvent.from_dict(data["event"]),
-        event_hash=_hash(data.get("event_hash"), "event_hash", seq),
-        prev_hash=_hash(data.get("prev_hash"), "prev_hash", seq),
-        entry_hash=_hash(data.get("entry_hash"), "entry_hash", seq),
-    )
+def _write_atomic(path: Path, body: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(body)
+    partial.replace(path)
 
 
 def audit_nodes(
-    chain: Any, signer: Any, cities: Iterable[str] | None = None
+    chain: Any,
+    signer: Any,
+    cities: Iterable[str] | None = None,
+    bundle_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Verify each city node's whole log against the anchors the chain holds for it.
 
     ``chain`` is a ChainClient; the nodes and their endpoints come from its registry.
     ``signer`` is the regulator's identity, which signs the requests for the logs.
-    A node that cannot be reached fails the audit with the reason.
+    Each node's segment is kept as ``<city>.jsonl`` in ``bundle_dir`` (a temporary
+    folder when None). A node that cannot be reached fails the audit with the reason.
     """
     from citymesh.node.client import NodeClient
 
@@ -58,20 +59,20 @@ def audit_nodes(
     if cities is not None:
         wanted = set(cities)
         records = [r for r in records if r.city in wanted]
+    if bundle_dir is None:
+        import tempfile
+
+        bundle_dir = Path(tempfile.mkdtemp(prefix="citymesh-audit-"))
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+
     per_city: dict[str, Any] = {}
     for record in records:
+        path = bundle_dir / f"{record.city}.jsonl"
         try:
             with NodeClient(record.endpoint, signer=signer) as client:
-                entries = [entry_from_json(item) for item in client.events()]
-            anchors = chain.anchors(record.account)
-            verdict = verify_node(entries, anchors)
-            per_city[record.city] = {
-                "ok": verdict.ok,
-                "events": verdict.events,
-                "anchored": verdict.anchored,
-                "first_bad_seq": verdict.first_bad_seq,
-                "reason": verdict.reason,
-            }
+                _write_atomic(path, client.segment())
+            verdict = verify_segment(path, chain.anchors(record.account))
+            per_city[record.city] = verdict_dict(verdict) | {"bundle": str(path)}
         except (CitymeshError, OSError) as error:
             logger.error(
                 "audit of %s at %s failed: %s", record.city, record.endpoint, error
@@ -82,6 +83,7 @@ def audit_nodes(
                 "anchored": 0,
                 "first_bad_seq": None,
                 "reason": f"could not audit: {error}",
+                "bundle": None,
             }
     ok = bool(per_city) and all(v["ok"] for v in per_city.values())
     return {"ok": ok, "per_city": per_city}

@@ -209,6 +209,7 @@ def _train(
     console: Console,
 ) -> dict[str, Any]:
     from citymesh.federation import JobSpec, run_job, train_centralized
+    from citymesh.job_approval import approvals_path, decide_job
 
     if not logger.isEnabledFor(logging.DEBUG):
         # Flower sets its logger's level when imported; its per-round summary repeats
@@ -231,6 +232,10 @@ def _train(
     )
     datasets = {city: network.dataset_path(city, found[city]["id"]) for city in found}
     usage_logs = {city: network.usage_path(city) for city in found}
+    # Each city's operator approves the job; the nodes run nothing unapproved.
+    for city in found:
+        decide_job(network.home(city), spec, approve=True, operator=f"{city}-office")
+    approvals = {city: approvals_path(network.home(city)) for city in found}
 
     def show_round(metrics: Any) -> None:
         console.print(
@@ -245,6 +250,7 @@ def _train(
         usage_logs=usage_logs,
         output_dir=network.workdir / "job",
         contributions=options.contributions,
+        approvals=approvals,
     )
     baseline = train_centralized(spec, datasets)
     console.print(
@@ -288,26 +294,28 @@ def _train(
 
 
 def _anchor(network: Network) -> dict[str, Any]:
-    per_city = {}
+    """Anchor what the nodes have not anchored in the background yet, then count."""
     started = time.perf_counter()
-    total = 0
-    for city in network.cities:
-        outcome = network.operator(city).anchor()
-        batches = outcome["batches"]
-        anchored = sum(batch["to_seq"] - batch["from_seq"] + 1 for batch in batches)
-        per_city[city] = {
-            "head": outcome["head"],
-            "anchored_events": anchored,
-            "last_anchored_seq": batches[-1]["to_seq"] if batches else None,
-            "roots": [batch["root"] for batch in batches],
-        }
-        total += anchored
+    heads = {city: network.operator(city).anchor()["head"] for city in network.cities}
     seconds = time.perf_counter() - started
+
+    chain = network.reader_chain()
+    accounts = network.accounts()
+    per_city = {}
+    for city in network.cities:
+        anchors = chain.anchors(accounts[city])
+        per_city[city] = {
+            "head": heads[city],
+            "anchored_events": sum(anchor.count for anchor in anchors),
+            "last_anchored_seq": anchors[-1].to_seq if anchors else 0,
+            "anchors": len(anchors),
+            "roots": [anchor.root.hex() for anchor in anchors],
+        }
+    total = sum(entry["anchored_events"] for entry in per_city.values())
     return {
         "per_city": per_city,
         "events_anchored": total,
         "seconds": round(seconds, 3),
-        "events_per_s": round(total / seconds, 1) if seconds > 0 else None,
     }
 
 

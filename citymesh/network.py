@@ -288,4 +288,9 @@ class Network:
         """Verify every city node's log against its anchors, as the regulator."""
         from citymesh.audit import audit_nodes
 
-        return audit_nodes(self.reader_chain(), self.regulator_identity, self.cities)
+        return audit_nodes(
+            self.reader_chain(),
+            self.regulator_identity,
+            self.cities,
+            bundle_dir=self.workdir / "audit",
+        )

@@ -17,6 +17,13 @@ Node config keys:
                 path of the node's per-dataset epsilon budgets (see
                 ``privacy.PrivacyBudgets``); when set, a differentially private
                 job must fit the dataset's budget before the node takes part
+    grade       sensitivity grade of the dataset in the shared code list; when
+                set, the node joins a job only if
+                ``citymesh.catalog.policy.check_training`` allows it (optional)
+
+A job in privacy mode "secagg" trains only through SecAgg+ (``secagg_client``):
+the node rejects a plain training message for it, so its update never leaves the
+node unmasked.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -50,6 +58,7 @@ from .encoding import FeatureEncoding, local_statistics
 from .metrics import ScoreHistogram
 from .model import build_model, predict_scores, train_epochs
 from .privacy import PrivacyBudgets, planned_epsilon
+from .secagg_client import Scalar, is_secagg_message, make_secagg_train
 from .spec import JobSpec
 
 log = logging.getLogger("citymesh.federation")
@@ -77,6 +86,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     ``flwr.client.mod.secaggplus_mod``).
     """
     client_app = ClientApp(mods=mods)
+    secagg_train = make_secagg_train(_secagg_fit)
 
     @client_app.query("statistics")
     def statistics(message: Message, context: Context) -> Message:
@@ -92,6 +102,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
             )
             return Message(content, reply_to=message)
         _require_approval(context, spec, log_refusal=True)
+        _require_grade(context, spec)
         if spec.privacy.mode == "dp":
             _reserve_privacy(context, spec)
         split = _city_split(context, spec)
@@ -115,28 +126,27 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
+        if is_secagg_message(message):
+            return secagg_train(message, context)
         started = time.perf_counter()
         spec = _spec(message)
         _require_member(context, spec)
         _require_approval(context, spec)
         _require_privacy_reservation(context, spec)
+        if spec.privacy.mode == "secagg":
+            raise PolicyViolation(
+                f"job {spec.id!r} requires secure aggregation, but this training "
+                "message is not part of SecAgg+; the node sends no unmasked update"
+            )
         config = message.content[CONFIG_KEY]
         server_round = int(config["server-round"])
-        encoding = FeatureEncoding.from_json(str(config["encoding"]))
-        split = _city_split(context, spec)
-
-        model = build_model(spec.model, encoding.width, seed=spec.seed)
-        model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
-        features = _encoded(context, spec, str(config["encoding"]), "train")
-        loss = train_epochs(
-            model,
-            features,
-            split.train_labels,
-            spec.model,
-            seed=spec.seed * 100_003 + server_round,
+        model, rows, loss = _train_model(
+            context,
+            spec,
+            str(config["encoding"]),
+            server_round,
+            message.content[ARRAYS_KEY].to_torch_state_dict(),
         )
-        rows = len(split.train)
-        _append_usage(context, spec, server_round, rows)
 
         metrics = MetricRecord(
             {
@@ -183,7 +193,129 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
         content = RecordDict({METRICS_KEY: metrics, NODE_KEY: _node(context)})
         return Message(content, reply_to=message)
 
+    @client_app.query("models")
+    def score_models(message: Message, context: Context) -> Message:
+        # The hub's contribution estimate: score each model it sends (rebuilt
+        # coalition models) on this city's test split. Replies carry histograms.
+        spec = _spec(message)
+        _require_member(context, spec)
+        _require_approval(context, spec)
+        encoding_json = str(message.content[CONFIG_KEY]["encoding"])
+        width = FeatureEncoding.from_json(encoding_json).width
+        split = _city_split(context, spec)
+        test_features = _encoded(context, spec, encoding_json, "test")
+        model = build_model(spec.model, width, seed=spec.seed)
+        metrics = MetricRecord({WEIGHT_KEY: len(split.test)})
+        for name, arrays in message.content.array_records.items():
+            index = name.removeprefix("model.")
+            model.load_state_dict(arrays.to_torch_state_dict())
+            scores = predict_scores(model, test_features)
+            histogram = ScoreHistogram.from_scores(scores, split.test_labels)
+            metrics[f"hist-pos.{index}"] = [int(v) for v in histogram.positive]
+            metrics[f"hist-neg.{index}"] = [int(v) for v in histogram.negative]
+        content = RecordDict({METRICS_KEY: metrics, NODE_KEY: _node(context)})
+        return Message(content, reply_to=message)
+
     return client_app
+
+
+def _train_model(
+    context: Context,
+    spec: JobSpec,
+    encoding_json: str,
+    server_round: int,
+    state: dict[str, torch.Tensor],
+) -> tuple[torch.nn.Module, int, float]:
+    """Train the global model ``state`` on the city's rows and log the usage.
+
+    Returns the trained model, the training rows and the mean loss.
+    """
+    encoding = FeatureEncoding.from_json(encoding_json)
+    split = _city_split(context, spec)
+    model = build_model(spec.model, encoding.width, seed=spec.seed)
+    model.load_state_dict(state)
+    features = _encoded(context, spec, encoding_json, "train")
+    loss = train_epochs(
+        model,
+        features,
+        split.train_labels,
+        spec.model,
+        seed=spec.seed * 100_003 + server_round,
+    )
+    rows = len(split.train)
+    _append_usage(context, spec, server_round, rows)
+    return model, rows, loss
+
+
+def _secagg_fit(
+    context: Context, weights: list[np.ndarray], config: dict[str, Scalar]
+) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
+    """Train under SecAgg+; ``secaggplus_mod`` masks the returned weights."""
+    started = time.perf_counter()
+    spec = JobSpec.from_json(str(config["spec"]))
+    _require_member(context, spec)
+    _require_approval(context, spec)
+    if spec.privacy.mode != "secagg":
+        raise PolicyViolation(
+            f"job {spec.id!r} has privacy mode {spec.privacy.mode!r}, but the hub "
+            "started SecAgg+; the node trains such a job only in its own mode"
+        )
+    encoding_json = str(config["encoding"])
+    names = _state_names(spec, encoding_json)
+    if len(names) != len(weights):
+        raise InvalidInput(
+            f"SecAgg+ sent {len(weights)} arrays, but the model of job {spec.id!r} "
+            f"has {len(names)}; the hub and node run different model code"
+        )
+    state = {
+        name: torch.from_numpy(np.array(weight))
+        for name, weight in zip(names, weights, strict=True)
+    }
+    model, rows, loss = _train_model(
+        context, spec, encoding_json, int(config["server-round"]), state
+    )
+    trained = [t.detach().cpu().numpy() for t in model.state_dict().values()]
+    if not all(np.all(np.isfinite(w)) for w in trained):
+        raise InvalidInput(
+            f"city {_city(context)!r} trained NaN or infinite weights in job "
+            f"{spec.id!r}; the node withholds the update"
+        )
+    metrics: dict[str, Scalar] = {
+        "city": _city(context),
+        "train-loss": loss if math.isfinite(loss) else 0.0,
+        "train-seconds": time.perf_counter() - started,
+    }
+    return trained, rows, metrics
+
+
+def _state_names(spec: JobSpec, encoding_json: str) -> list[str]:
+    """Return the model's state dict keys, the order of legacy weight lists."""
+    width = FeatureEncoding.from_json(encoding_json).width
+    return list(build_model(spec.model, width, seed=spec.seed).state_dict())
+
+
+def _require_grade(context: Context, spec: JobSpec) -> None:
+    """Reject the job when the dataset's grade forbids it (see check_training)."""
+    grade = context.node_config.get("grade")
+    if not grade:
+        return
+    # Imported here so a node without a grade setting needs no catalog.
+    from citymesh.catalog.models import DatasetEntry
+    from citymesh.catalog.policy import check_training
+
+    entry = DatasetEntry(
+        id=_dataset_id(context, spec),
+        name=_dataset_id(context, spec),
+        city=_city(context),
+        code="",
+        grade=str(grade),
+    )
+    try:
+        check_training(entry, secure_aggregation=spec.privacy.mode == "secagg")
+    except PolicyViolation as exc:
+        _append_event(context, spec, "refusal", detail={"reason": str(exc)})
+        log.warning("city %s rejected job %s: %s", _city(context), spec.id, exc)
+        raise
 
 
 def _spec(message: Message) -> JobSpec:

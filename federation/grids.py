@@ -1,24 +1,44 @@
-"""A Grid view that limits a strategy to the nodes of the job's cities."""
+"""Grid views for the ServerApp: job members only, and fast reply polling."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from .inprocess import InProcessGrid
+
+# Seconds between two requests for replies in a deployment. Flower 1.42's
+# deployment grid waits 3 s between them (superlink/grid/http_grid.py).
+REPLY_POLL_S = 0.2
+
 
 class MemberGrid(Grid):
-    """Delegate to ``grid``, but list only the member nodes.
+    """Delegate to ``grid``, but list only the member nodes and poll replies fast.
 
     Flower's strategies sample from ``get_node_ids``, so hiding the other nodes
-    keeps every message of the job within its member cities.
+    keeps every message of the job within its member cities. ``members`` None
+    lists every node.
+
+    ``send_and_receive`` pushes the messages and pulls replies every
+    ``REPLY_POLL_S`` seconds through the public ``push_messages`` and
+    ``pull_messages`` calls, until all replies arrived or ``timeout`` passed, as
+    Flower's grid does with its 3 s interval. An ``InProcessGrid`` or another
+    ``MemberGrid`` below does its own waiting and gets the call as it is.
     """
 
-    def __init__(self, grid: Grid, members: set[int]) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        members: set[int] | None = None,
+        poll_interval_s: float = REPLY_POLL_S,
+    ) -> None:
         self.grid = grid
-        self.members = set(members)
+        self.members = None if members is None else set(members)
+        self.poll_interval_s = poll_interval_s
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -40,7 +60,10 @@ class MemberGrid(Grid):
         )
 
     def get_node_ids(self) -> Iterable[int]:
-        return [n for n in self.grid.get_node_ids() if n in self.members]
+        node_ids = list(self.grid.get_node_ids())
+        if self.members is None:
+            return node_ids
+        return [n for n in node_ids if n in self.members]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(messages)
@@ -51,4 +74,16 @@ class MemberGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
+        if isinstance(self.grid, InProcessGrid | MemberGrid):
+            return self.grid.send_and_receive(messages, timeout=timeout)
+        waiting = set(self.grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting:
+            received = list(self.grid.pull_messages(waiting))
+            replies.extend(received)
+            waiting -= {reply.metadata.reply_to_message_id for reply in received}
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval_s)
+        return replies

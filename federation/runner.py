@@ -21,7 +21,7 @@ import torch
 from citymesh.errors import InvalidInput
 
 from .client_app import make_client_app
-from .contributions import Contribution, score_contributions
+from .contributions import GTG_METHODS, Contribution, score_contributions
 from .deployment import LocalFederation
 from .inprocess import InProcessGrid, run_server_app
 from .privacy import check_job_budget
@@ -33,6 +33,7 @@ from .server_app import (
 )
 from .spec import JobSpec
 from .strategy import RoundRecord
+from .valuation import CONTRIBUTIONS_KEY
 
 log = logging.getLogger("citymesh.federation")
 
@@ -79,6 +80,8 @@ class JobResult:
     seconds: float
     rows_per_city: dict[str, int]
     output_dir: Path | None = None
+    # The ServerApp's GTG-Shapley record (values, rounds, cost), or its error.
+    gtg_shapley: dict[str, object] | None = None
 
     @property
     def epsilon(self) -> float | None:
@@ -98,6 +101,7 @@ class JobResult:
             "rounds": [_round_to_dict(r) for r in self.rounds],
             "contributions": {c: vars(v) for c, v in self.contributions.items()},
             "encoding": self.encoding,
+            "gtg_shapley": self.gtg_shapley,
         }
 
 
@@ -114,6 +118,7 @@ def run_job(
     contributions: str = "loo",
     max_update_norm: float | None = None,
     federation: LocalFederation | None = None,
+    approvals: dict[str, Path] | None = None,
 ) -> JobResult:
     """Run ``spec`` over the cities' Parquet files and return metrics, model and scores.
 
@@ -132,7 +137,11 @@ def run_job(
     contributions is "none", "size", "loo" (size and leave-one-out) or "shapley"
     (size, leave-one-out and Shapley values). Leave-one-out and Shapley retrain
     the job on subsets of cities in the same mode, and log no usage events in
-    process mode.
+    process mode. "gtg" (size and GTG-Shapley) needs no retraining: the
+    ServerApp rebuilds coalition models from the rounds' updates and the cities
+    score them. "loo+gtg" adds leave-one-out.
+    approvals maps a city to its node's approval file. The city's ClientApp then
+    runs the job only if its operator approved this spec and code.
     """
     if mode not in RUN_MODES:
         raise InvalidInput(f"run mode {mode!r} is unknown; use one of {RUN_MODES!r}")
@@ -145,6 +154,13 @@ def run_job(
         )
     require_supported_privacy(spec)
     check_job_budget(spec)
+    if contributions in GTG_METHODS and mode != "inprocess":
+        # TODO: LocalFederation.submit does not pass CONTRIBUTIONS_KEY into the
+        # run config yet; the ServerApp and ClientApp support it in both modes.
+        raise InvalidInput(
+            f"contributions {contributions!r} run in process mode only for now; "
+            "use 'size' in deployment mode"
+        )
     started = time.perf_counter()
     with ExitStack() as stack:
         directory = stack.enter_context(_output_dir(output_dir))
@@ -158,6 +174,8 @@ def run_job(
                 on_round=on_round,
                 on_metrics=on_metrics,
                 max_update_norm=max_update_norm,
+                approvals=approvals or {},
+                contribution_method="gtg" if contributions in GTG_METHODS else "",
             )
 
             def retrain(subset: dict[str, Path]) -> float:
@@ -166,7 +184,9 @@ def run_job(
         else:
             if federation is None:
                 federation = stack.enter_context(
-                    _temporary_federation(spec, datasets, usage_logs, dataset_ids)
+                    _temporary_federation(
+                        spec, datasets, usage_logs, dataset_ids, approvals
+                    )
                 )
             _run_deployment(spec, federation, directory, max_update_norm)
 
@@ -273,8 +293,9 @@ def _temporary_federation(
     datasets: dict[str, Path],
     usage_logs: dict[str, Path] | None,
     dataset_ids: dict[str, str] | None,
+    approvals: dict[str, Path] | None,
 ) -> Iterator[LocalFederation]:
-    configs = node_configs(spec, datasets, usage_logs, dataset_ids)
+    configs = node_configs(spec, datasets, usage_logs, dataset_ids, approvals)
     nodes = {str(config.pop("city")): config for config in configs}
     with (
         tempfile.TemporaryDirectory(prefix="citymesh-federation-") as workspace,
@@ -284,15 +305,23 @@ def _temporary_federation(
 
 
 def job_run_config(
-    spec: JobSpec, output_dir: Path, max_update_norm: float | None = None
+    spec: JobSpec,
+    output_dir: Path,
+    max_update_norm: float | None = None,
+    contribution_method: str = "",
 ) -> dict[str, object]:
-    """Return the ServerApp run config for a job writing into ``output_dir``."""
+    """Return the ServerApp run config for a job writing into ``output_dir``.
+
+    ``contribution_method`` "gtg" makes the ServerApp estimate GTG-Shapley values.
+    """
     run_config: dict[str, object] = {
         "job-spec": spec.to_json(),
         "output-dir": str(output_dir),
     }
     if max_update_norm is not None:
         run_config["max-update-norm"] = float(max_update_norm)
+    if contribution_method:
+        run_config[CONTRIBUTIONS_KEY] = contribution_method
     return run_config
 
 
@@ -301,10 +330,12 @@ def node_configs(
     datasets: dict[str, Path],
     usage_logs: dict[str, Path] | None = None,
     dataset_ids: dict[str, str] | None = None,
+    approvals: dict[str, Path] | None = None,
 ) -> list[dict[str, object]]:
     """Return one ClientApp node config per city, in city order."""
     usage_logs = usage_logs or {}
     dataset_ids = dataset_ids or {}
+    approvals = approvals or {}
     configs = []
     for city, path in sorted(datasets.items()):
         config: dict[str, object] = {"city": city, "data-path": str(path)}
@@ -313,6 +344,8 @@ def node_configs(
         dataset_id = dataset_ids.get(city, spec.datasets.get(city))
         if dataset_id:
             config["dataset-id"] = dataset_id
+        if city in approvals:
+            config["approvals"] = str(approvals[city])
         configs.append(config)
     return configs
 
@@ -327,9 +360,11 @@ def _run_inprocess(
     on_round: TrainCallback | None,
     on_metrics: Callable[[RoundMetrics], None] | None,
     max_update_norm: float | None,
+    approvals: dict[str, Path] | None = None,
+    contribution_method: str = "",
 ) -> None:
-    run_config = job_run_config(spec, output_dir, max_update_norm)
-    configs = node_configs(spec, datasets, usage_logs, dataset_ids)
+    run_config = job_run_config(spec, output_dir, max_update_norm, contribution_method)
+    configs = node_configs(spec, datasets, usage_logs, dataset_ids, approvals)
 
     def report_round(record: RoundRecord) -> None:
         if on_metrics is not None:
@@ -365,6 +400,7 @@ def read_result(output_dir: Path) -> JobResult:
         seconds=float(data["seconds"]),
         rows_per_city=rows,
         output_dir=output_dir,
+        gtg_shapley=data.get("contributions"),
     )
 
 

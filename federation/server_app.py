@@ -32,13 +32,20 @@ from flwr.serverapp.strategy import (
 
 from citymesh.errors import CitymeshError, InvalidInput
 
-from .client_app import CONFIG_KEY, METRICS_KEY, NODE_KEY, STATISTICS_KEY
+from .client_app import (
+    CONFIG_KEY,
+    METRICS_KEY,
+    NODE_KEY,
+    STATISTICS_KEY,
+    WEIGHT_KEY,
+)
 from .encoding import ColumnStatistics, FeatureEncoding, merge_statistics
 from .grids import MemberGrid
 from .model import build_model
 from .privacy import check_job_budget
 from .spec import JobSpec
 from .strategy import CityFedAvg, RoundHook, RoundRecord, TrainHook
+from .valuation import CONTRIBUTIONS_KEY, UpdateRecordingFedAvg, estimate_contributions
 
 log = logging.getLogger("citymesh.federation")
 
@@ -66,14 +73,13 @@ def make_server_app(
 def require_supported_privacy(spec: JobSpec) -> None:
     """Raise unless this ServerApp can run the spec's privacy mode.
 
-    TODO: SecAgg+ is not wired in yet. A job in mode "secagg" fails here rather
-    than run with plain aggregation, because datasets graded important rely on it.
+    SecAgg+ needs at least two updates per round, because the sum of one
+    update is the update itself.
     """
-    if spec.privacy.mode == "secagg":
-        raise FederationError(
-            f"job {spec.id!r} asks for secure aggregation (SecAgg+), which this "
-            "version does not run yet; use privacy mode 'none' or 'dp' with "
-            "general datasets"
+    if spec.privacy.mode == "secagg" and spec.min_nodes < 2:
+        raise InvalidInput(
+            f"job {spec.id!r} uses secure aggregation with min_nodes = "
+            f"{spec.min_nodes}; SecAgg+ needs min_nodes >= 2"
         )
 
 
@@ -109,7 +115,9 @@ def run_rounds(
 
     # Only nodes that passed the survey take part: a node that connects later,
     # or that rejected the job, gets no training message.
-    encoding, members = survey_nodes(grid, spec)
+    train_rows: dict[int, int] = {}
+    grid = MemberGrid(grid)
+    encoding, members = survey_nodes(grid, spec, train_rows)
     grid = MemberGrid(grid, set(members))
     model = build_model(spec.model, encoding.width, seed=spec.seed)
     initial = ArrayRecord(model.state_dict())
@@ -117,7 +125,10 @@ def run_rounds(
     require_supported_privacy(spec)
     dp = spec.privacy.mode == "dp"
     check_job_budget(spec)
-    strategy = CityFedAvg(
+    # GTG-Shapley contributions need each round's updates in the clear.
+    gtg = context.run_config.get(CONTRIBUTIONS_KEY) == "gtg"
+    record_updates = gtg and spec.privacy.mode == "none"
+    strategy = (UpdateRecordingFedAvg if record_updates else CityFedAvg)(
         min_nodes=spec.min_nodes,
         fraction_train=spec.fraction_train,
         max_update_norm=max_norm,
@@ -135,14 +146,22 @@ def run_rounds(
             num_sampled_clients=len(members),
         )
     config = ConfigRecord({"spec": spec.to_json(), "encoding": encoding.to_json()})
-    result = runner.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=spec.rounds,
-        timeout=spec.round_timeout_s,
-        train_config=config,
-        evaluate_config=ConfigRecord(dict(config)),
-    )
+    if spec.privacy.mode == "secagg":
+        # Imported here because the module builds on this one's FederationError.
+        from .secagg import run_secagg_rounds
+
+        final = run_secagg_rounds(
+            grid, context, spec, strategy, initial, config, max(train_rows.values())
+        )
+    else:
+        final = runner.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=spec.rounds,
+            timeout=spec.round_timeout_s,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+        ).arrays
 
     rounds = [strategy.rounds[r] for r in sorted(strategy.rounds)]
     updates = sum(
@@ -153,15 +172,25 @@ def run_rounds(
             f"job {spec.id!r} finished {spec.rounds} round(s) without one accepted "
             "update; check the nodes' logs"
         )
-    state = result.arrays.to_torch_state_dict()
+    state = final.to_torch_state_dict()
     torch.save(state, output_dir / MODEL_FILE)
-    write_result(output_dir, spec, encoding, rounds, time.perf_counter() - started)
+    contributions = None
+    if gtg:
+        updates_kept = getattr(strategy, "updates", [])
+        contributions = estimate_contributions(
+            grid, spec, encoding.to_json(), updates_kept
+        )
+    seconds = time.perf_counter() - started
+    write_result(output_dir, spec, encoding, rounds, seconds, contributions)
 
 
-def survey_nodes(grid: Grid, spec: JobSpec) -> tuple[FeatureEncoding, dict[int, str]]:
+def survey_nodes(
+    grid: Grid, spec: JobSpec, train_rows: dict[int, int] | None = None
+) -> tuple[FeatureEncoding, dict[int, str]]:
     """Ask the connected nodes for their city and column statistics.
 
-    Returns the shared encoding and the member nodes (node id to city). Nodes
+    Returns the shared encoding and the member nodes (node id to city), and
+    fills ``train_rows`` (node id to training rows) when it is given. Nodes
     whose city the spec's ``datasets`` leaves out reply without statistics and
     take no further part. The survey repeats for newly connected nodes until
     ``min_nodes`` members replied or ``round_timeout_s`` passed.
@@ -182,6 +211,9 @@ def survey_nodes(grid: Grid, spec: JobSpec) -> tuple[FeatureEncoding, dict[int, 
                     continue
                 members[reply.metadata.src_node_id] = city
                 parts.append(_statistics(reply, spec))
+                if train_rows is not None:
+                    rows = int(reply.content[METRICS_KEY][WEIGHT_KEY])
+                    train_rows[reply.metadata.src_node_id] = rows
         if len(members) >= spec.min_nodes:
             break
         if time.monotonic() > deadline:
@@ -247,14 +279,20 @@ def write_result(
     encoding: FeatureEncoding,
     rounds: list[RoundRecord],
     seconds: float,
+    contributions: dict[str, object] | None = None,
 ) -> None:
-    """Write result.json: spec, encoding, and the metrics of every round."""
-    payload = {
+    """Write result.json: spec, encoding and the metrics of every round.
+
+    ``contributions`` is the GTG-Shapley record, when the run computed one.
+    """
+    payload: dict[str, object] = {
         "spec": spec.to_dict(),
         "encoding": encoding.to_dict(),
         "seconds": seconds,
         "rounds": [_round_dict(record) for record in rounds],
     }
+    if contributions is not None:
+        payload["contributions"] = contributions
     path = output_dir / RESULT_FILE
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(payload, indent=2, allow_nan=True))

@@ -113,20 +113,21 @@ class CityFedAvg(FedAvg):
         self.rounds: dict[int, RoundRecord] = {}
         self._global: ArrayRecord | None = None
 
-    def _record(self, server_round: int) -> RoundRecord:
+    def round_record(self, server_round: int) -> RoundRecord:
+        """Return the record of ``server_round``, created on first use."""
         return self.rounds.setdefault(server_round, RoundRecord(round=server_round))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._record(server_round).started = time.perf_counter()
+        self.round_record(server_round).started = time.perf_counter()
         self._global = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        record = self._record(server_round)
+        record = self.round_record(server_round)
         accepted: list[Message] = []
         for reply in replies:
             if reply.has_error():
@@ -200,7 +201,7 @@ class CityFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = list(replies)
-        record = self._record(server_round)
+        record = self.round_record(server_round)
         for reply in replies:
             if reply.has_error():
                 record.failures += 1

@@ -85,10 +85,10 @@ def job_problems(
             listed = ", ".join(f"{t} in {c}" for c, t in sorted(by_city.items()))
             problems.append(f"column {column!r} has different types: {listed}")
 
-    if spec.privacy.mode == "secagg":
-        # TODO: drop this once the ServerApp runs SecAgg+.
+    if spec.privacy.mode == "secagg" and spec.min_nodes < 2:
         problems.append(
-            "privacy mode 'secagg' (SecAgg+) is not available in this version"
+            f"secure aggregation needs min_nodes >= 2, got {spec.min_nodes}: the "
+            "sum of one update is the update itself"
         )
     try:
         epsilon = planned_epsilon(spec)

@@ -12,6 +12,8 @@ Endpoints and their authentication:
 - GET  /catalog/datasets/{id}/lineage   none
 - POST /catalog/ingest         operator token; the body is the file
 - GET  /ledger/events          signed by a registered, active node
+- GET  /ledger/segment         signed by a regulator or hub; the log as a segment
+                               file with inclusion proofs and the chain's anchors
 - POST /ledger/anchor          operator token
 - PUT  /catalog/datasets/{id}/policy   operator token
 - POST /exchange/extract       signed by a city node or hub; streams Arrow IPC
@@ -35,7 +37,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from citymesh.catalog.codes import shared_codes
@@ -61,6 +63,9 @@ from citymesh.node.signing import SIGNED_HEADERS, SignerInfo, SignerResolver
 from citymesh.node.usage import ANONYMOUS
 
 log = logging.getLogger("citymesh.node")
+
+AUDIT_ROLES = (2, 3)  # hub and regulator, as in the on-chain node registry
+SEGMENT_MEDIA_TYPE = "application/x-ndjson"
 
 UPLOAD_FOLDER = ".incoming"
 EXCHANGE_HEADER = "X-Citymesh-Exchange-Id"
@@ -109,6 +114,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         log.info("node %s started, account %s", settings.city, context.identity.account)
+        context.start_anchoring()
         yield
         context.exchange.sweep(max_age_s=0)
         context.close()
@@ -284,6 +290,21 @@ def create_app(
         entries = await run_in_threadpool(context.usage.log.entries, from_seq, to_seq)
         log.info("sent %d usage entries to %s", len(entries), signer.account)
         return {"city": settings.city, "entries": [to_jsonable(e) for e in entries]}
+
+    @app.get("/ledger/segment")
+    async def segment(
+        signer: Annotated[SignerInfo, Depends(signed)],
+        from_seq: int = 1,
+        to_seq: int | None = None,
+    ) -> Response:
+        if signer.role not in AUDIT_ROLES:
+            raise PolicyViolation(
+                f"signer {signer.account!r} has role {signer.role!r}; log segments "
+                "go only to a regulator (3) or the hub (2)"
+            )
+        body = await run_in_threadpool(context.segment, from_seq, to_seq)
+        log.info("sent usage log segment to %s", signer.account)
+        return Response(body, media_type=SEGMENT_MEDIA_TYPE)
 
     @app.post("/ledger/anchor", dependencies=[Depends(operator)])
     async def anchor(max_events: int | None = None) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -212,6 +211,15 @@ class NodeClient:
             "GET", "/ledger/events", params=params, signed=True
         ).json()["entries"]
 
+    def segment(self, from_seq: int = 1, to_seq: int | None = None) -> bytes:
+        """GET /ledger/segment (signed by a regulator or hub): the log as a segment."""
+        params = {"from_seq": from_seq}
+        if to_seq is not None:
+            params["to_seq"] = to_seq
+        return self._request(
+            "GET", "/ledger/segment", params=params, signed=True
+        ).content
+
     def anchor(self, max_events: int | None = None) -> dict[str, Any]:
         """POST /ledger/anchor (operator token): anchor pending usage events."""
         params = {} if max_events is None else {"max_events": max_events}
@@ -266,6 +274,7 @@ class NodeClient:
         columns: list[str] | None = None,
         row_filter: list[list[Any]] | None = None,
         confirm: bool = True,
+        compression: str = "lz4",
     ) -> ExtractResult:
         """Request an extract, read the Arrow IPC stream and sign the receipt.
 
@@ -281,6 +290,7 @@ class NodeClient:
                 "purpose": purpose,
                 "columns": columns,
                 "filter": row_filter or [],
+                "compression": compression,
             }
         ).encode()
         with self.http.stream(
@@ -294,12 +304,17 @@ class NodeClient:
                 response.read()
                 raise_for_error(response)
             exchange_id = response.headers["X-Citymesh-Exchange-Id"]
-            source = _ByteStream(response.iter_bytes())
-            # BufferedReader.read(n) returns n bytes unless the stream ends, and
-            # Arrow's reader takes a short read for the end of the stream.
-            reader = pa.ipc.open_stream(io.BufferedReader(source, 1 << 16))
-            table = reader.read_all()
-        result = ExtractResult(table, exchange_id, source.size, source.sha256(), None)
+            # Collecting the stream in one buffer lets Arrow read the batches
+            # without copying them; the table then lives in that buffer.
+            received = bytearray()
+            digest = hashlib.sha256()
+            for chunk in response.iter_raw():
+                digest.update(chunk)
+                received.extend(chunk)
+            table = pa.ipc.open_stream(pa.py_buffer(received)).read_all()
+        result = ExtractResult(
+            table, exchange_id, len(received), digest.hexdigest(), None
+        )
         if confirm:
             result.receipt = self.confirm_receipt(result)
         return result
@@ -333,36 +348,6 @@ class ExtractResult:
     size: int
     sha256: str
     receipt: dict[str, Any] | None
-
-
-class _ByteStream(io.RawIOBase):
-    """A readable file over an iterator of byte chunks that counts and hashes them."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-        self._digest = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        while not self._buffer:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                return 0
-            self._digest.update(chunk)
-            self.size += len(chunk)
-            self._buffer = chunk
-        count = min(len(target), len(self._buffer))
-        target[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
-        return count
-
-    def sha256(self) -> str:
-        return self._digest.hexdigest()
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 from citymesh.catalog.ingest import ingest_file
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.store import CatalogStore, SearchPage, SearchQuery
-from citymesh.errors import AuthError, InvalidInput
+from citymesh.errors import AuthError, CitymeshError, InvalidInput
 from citymesh.node.approvals import ApprovalStore
 from citymesh.node.identity import (
     NodeIdentity,
     load_operator_token,
     load_or_create_deid_secret,
 )
-from citymesh.node.registry import chain_resolver, open_chain_client
+from citymesh.node.registry import (
+    chain_resolver,
+    file_resolver,
+    open_chain_client,
+)
 from citymesh.node.settings import NodeSettings
 from citymesh.node.signing import (
     RequestVerifier,
@@ -33,7 +38,8 @@ class NodeContext:
     """Settings, identity, catalog store, usage log and request verifier of a node.
 
     ``resolve_signer`` defaults to the on-chain node registry when the settings
-    name a chain and a deployment, and otherwise rejects every signer.
+    name a chain and a deployment, else to the settings' signers file, and
+    otherwise rejects every signer.
     ``usage_log`` defaults to the UsageLog at ``usage.db`` in the node home.
     """
 
@@ -55,6 +61,9 @@ class NodeContext:
             usage_log if usage_log is not None else settings.usage_path, settings.city
         )
         self._chain = None
+        self._anchor_lock = threading.Lock()
+        self._anchor_thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.mapping = None
         if settings.code_map_path.is_file():
             from citymesh.catalog.mapping import load_mapping
@@ -74,6 +83,8 @@ class NodeContext:
     def _default_resolver(self) -> SignerResolver:
         if self.settings.chain_url and self.settings.deployment_path:
             return chain_resolver(self.chain())
+        if self.settings.signers_file is not None:
+            return file_resolver(self.settings.signers_file)
         log.warning(
             "node %s has no chain configured: every signed request is rejected",
             self.settings.city,
@@ -96,7 +107,10 @@ class NodeContext:
         return self._chain
 
     def close(self) -> None:
-        """Release database connections."""
+        """Stop background anchoring and release database connections."""
+        self._stop.set()
+        if self._anchor_thread is not None:
+            self._anchor_thread.join(timeout=30)
         self.store.close()
 
     def check_operator(self, token: str | None) -> None:
@@ -236,19 +250,98 @@ class NodeContext:
             and record.endpoint
         ]
 
+    def _anchorer(self) -> Any:
+        from citymesh.ledger.anchoring import Anchorer
+
+        return Anchorer(
+            self.usage.log,
+            self.chain(),
+            batch_size=self.settings.anchor_batch_size,
+            max_delay_s=self.settings.anchor_max_delay_s,
+        )
+
     def anchor(self, max_events: int | None = None) -> list[Any]:
         """Anchor every waiting usage event on chain and return the batches sent.
 
         ``max_events`` caps the size of each batch. An unreachable chain ends the
         run early and leaves the rest waiting for the next call.
         """
-        from citymesh.ledger.anchoring import Anchorer
-
-        anchorer = Anchorer(self.usage.log, self.chain())
-        batches = anchorer.anchor_all(max_events)
+        with self._anchor_lock:
+            batches = self._anchorer().anchor_all(max_events)
         for batch in batches:
             log.info("anchored usage events %d..%d", batch.from_seq, batch.to_seq)
         return batches
+
+    def anchor_due(self) -> bool:
+        """Anchor one batch if one is due (by count or age); return True if sent."""
+        with self._anchor_lock:
+            anchorer = self._anchorer()
+            if not anchorer.due():
+                return False
+            batch = anchorer.anchor_pending()
+        if batch is None:
+            return False
+        log.info("anchored usage events %d..%d", batch.from_seq, batch.to_seq)
+        return True
+
+    def start_anchoring(self, poll_s: float = 1.0) -> None:
+        """Anchor due batches in a background thread until ``close``.
+
+        Does nothing unless the settings name a chain and ``auto_anchor`` is on.
+        An unreachable chain is retried with a doubling wait of up to 60 s, and the
+        batches wait in the log meanwhile.
+        """
+        settings = self.settings
+        if not (
+            settings.auto_anchor and settings.chain_url and settings.deployment_path
+        ):
+            return
+        self._anchor_thread = threading.Thread(
+            target=self._anchor_loop,
+            args=(poll_s,),
+            name=f"anchorer-{settings.city}",
+            daemon=True,
+        )
+        self._anchor_thread.start()
+
+    def _anchor_loop(self, poll_s: float) -> None:
+        log.info("background anchoring started for %s", self.settings.city)
+        delay = poll_s
+        while not self._stop.is_set():
+            try:
+                sent = self.anchor_due()
+                delay = poll_s
+                if sent:
+                    continue
+            except CitymeshError as error:
+                log.error(
+                    "background anchoring failed, retrying in %.0f s: %s", delay, error
+                )
+                delay = min(delay * 2, 60.0)
+            self._stop.wait(delay)
+        log.info("background anchoring stopped for %s", self.settings.city)
+
+    def segment(self, from_seq: int = 1, to_seq: int | None = None) -> bytes:
+        """Return the log entries as a segment file: proofs included, chain anchors
+        copied, so a regulator can verify it offline or against the chain."""
+        from citymesh.ledger.segment import segment_lines
+
+        log_ = self.usage.log
+        head = log_.head()
+        last = head if to_seq is None else min(to_seq, head)
+        if from_seq < 1 or last < from_seq - 1:
+            raise InvalidInput(
+                f"segment range {from_seq!r}..{to_seq!r} is invalid; the log holds "
+                f"1..{head}"
+            )
+        entries = log_.entries(from_seq, last) if last >= from_seq else []
+        proofs = log_.proofs(from_seq, last) if last >= from_seq else {}
+        anchors = self.chain().anchors(self.identity.account)
+        return b"".join(
+            segment_lines(
+                self.identity.account, from_seq, last, entries, proofs, anchors
+            )
+        )
 
 
 def _query_detail(query: SearchQuery) -> dict[str, Any]:

@@ -12,16 +12,19 @@ An extract runs in three requests, each signed by the consumer node:
 3. ``POST /exchange/{id}/receipt`` carries the consumer's Ed25519 signature of
    the event; the provider checks it and appends the event, signed by both.
 
-A receipt the consumer does not confirm within ``RECEIPT_TIMEOUT_S`` is
-appended with the provider's signature alone and ``receipt: unconfirmed`` in
-its detail, so every extract reaches the log.
+Pending receipts live in the node database, so they survive a restart. A
+receipt the consumer does not confirm within ``RECEIPT_TIMEOUT_S`` is appended
+with the provider's signature alone and ``receipt: unconfirmed`` in its detail,
+so every extract reaches the log. Expired receipts are swept when the next
+extract starts and when the node stops. An extract cut off mid-stream is
+appended at once with ``complete: false``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +33,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+from sqlalchemy import Column, Text, delete, func
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from citymesh.catalog.deid import deidentify, k_anonymity
 from citymesh.catalog.names import dataset_path
@@ -44,14 +49,41 @@ SCAN_BATCH_ROWS = 65_536
 ARROW_STREAM_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 
 
+class PendingExchange(SQLModel, table=True):
+    """A provider-signed exchange event waiting for the consumer's signature.
+
+    Kept in the node database, so a receipt survives a restart of the node and
+    an extract whose receipt never comes still reaches the usage log.
+    """
+
+    __tablename__ = "pending_exchange"
+
+    exchange_id: str = Field(primary_key=True, max_length=32)
+    event: str = Field(sa_column=Column(Text, nullable=False))
+    consumer: str = Field(max_length=42)
+    consumer_pubkey: str = Field(max_length=64)
+    created_at: float = Field(index=True)
+
+
 @dataclass
 class PendingReceipt:
-    """A provider-signed exchange event waiting for the consumer's signature."""
+    """A pending exchange with its event parsed."""
 
     event: Any
     consumer: str
     consumer_pubkey: bytes
-    created: float
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: PendingExchange) -> PendingReceipt:
+        from citymesh.ledger.events import UsageEvent
+
+        return cls(
+            UsageEvent.from_dict(json.loads(row.event)),
+            row.consumer,
+            bytes.fromhex(row.consumer_pubkey),
+            row.created_at,
+        )
 
 
 class _ChunkSink:
@@ -83,8 +115,11 @@ class ExchangeService:
 
     def __init__(self, context) -> None:
         self.context = context
-        self._pending: dict[str, PendingReceipt] = {}
-        self._lock = threading.Lock()
+        self.engine = context.store.engine
+        self.write_engine = context.store.write_engine
+        SQLModel.metadata.create_all(
+            self.write_engine, tables=[PendingExchange.__table__]
+        )
 
     def open_extract(
         self, request: ExtractRequest, signer: SignerInfo
@@ -130,7 +165,7 @@ class ExchangeService:
             columns=plan.columns,
             filter=plan.expression,
             batch_size=SCAN_BATCH_ROWS,
-            use_threads=False,
+            use_threads=True,
         )
         for batch in scanner.to_batches():
             if batch.num_rows:
@@ -160,13 +195,15 @@ class ExchangeService:
         sent = rows = 0
         complete = False
         sink = _ChunkSink()
+        compression = None if request.compression == "none" else request.compression
+        options = pa.ipc.IpcWriteOptions(compression=compression)
         try:
             writer = None
             for batch in deidentify(
                 self._scan(path, plan), plan.rules, self.context.secret
             ):
                 if writer is None:
-                    writer = pa.ipc.new_stream(sink, batch.schema)
+                    writer = pa.ipc.new_stream(sink, batch.schema, options=options)
                 writer.write_batch(batch)
                 rows += batch.num_rows
                 chunk = sink.take()
@@ -175,13 +212,13 @@ class ExchangeService:
                 yield chunk
             if writer is None:
                 schema = self._output_schema(path, plan)
-                writer = pa.ipc.new_stream(sink, schema)
+                writer = pa.ipc.new_stream(sink, schema, options=options)
             writer.close()
             chunk = sink.take()
             digest.update(chunk)
             sent += len(chunk)
             # The receipt is registered before the last chunk leaves, so a
-            # consumer that asks for it right after the stream ends finds it.
+            # consumer that requests it right after the stream ends finds it.
             complete = True
             self._finish(
                 exchange_id,
@@ -261,10 +298,16 @@ class ExchangeService:
                 rows,
             )
             return
-        with self._lock:
-            self._pending[exchange_id] = PendingReceipt(
-                event, signer.account.lower(), signer.pubkey, time.monotonic()
-            )
+        row = PendingExchange(
+            exchange_id=exchange_id,
+            event=json.dumps(event.to_dict()),
+            consumer=signer.account.lower(),
+            consumer_pubkey=signer.pubkey.hex(),
+            created_at=time.time(),
+        )
+        with Session(self.write_engine) as session:
+            session.add(row)
+            session.commit()
         log.info(
             "extract %s of %s to %s: %d rows, %d bytes",
             exchange_id,
@@ -276,21 +319,23 @@ class ExchangeService:
 
     def pending(self) -> int:
         """Return how many receipts wait for their consumer."""
-        with self._lock:
-            return len(self._pending)
+        with Session(self.engine) as session:
+            statement = select(func.count()).select_from(PendingExchange)
+            return session.exec(statement).one()
 
     def receipt(self, exchange_id: str, signer: SignerInfo) -> dict[str, Any]:
         """Return the provider-signed event of an extract to its consumer."""
         return self._pending_for(exchange_id, signer).event.to_dict()
 
     def _pending_for(self, exchange_id: str, signer: SignerInfo) -> PendingReceipt:
-        with self._lock:
-            pending = self._pending.get(exchange_id)
-        if pending is None:
+        with Session(self.engine) as session:
+            row = session.get(PendingExchange, exchange_id)
+        if row is None:
             raise NotFound(
                 f"no receipt is pending for exchange {exchange_id!r}: it was "
                 "confirmed, timed out or never finished"
             )
+        pending = PendingReceipt.from_row(row)
         if pending.consumer != signer.account.lower():
             raise AuthError(
                 f"exchange {exchange_id!r} belongs to another consumer than "
@@ -317,9 +362,8 @@ class ExchangeService:
                 f"with the key registered for {signer.account!r}: sign the event "
                 "returned by GET /exchange/{id}/receipt"
             )
-        with self._lock:
-            if self._pending.pop(exchange_id, None) is None:
-                raise NotFound(f"exchange {exchange_id!r} was confirmed already")
+        if not self._claim(exchange_id):
+            raise NotFound(f"exchange {exchange_id!r} was confirmed already")
         entry = self.context.usage.log.append(event)
         log.info(
             "exchange %s confirmed by %s as event %d",
@@ -331,14 +375,15 @@ class ExchangeService:
 
     def sweep(self, max_age_s: float = RECEIPT_TIMEOUT_S) -> int:
         """Append unconfirmed receipts older than ``max_age_s``; return how many."""
-        now = time.monotonic()
-        with self._lock:
-            expired = [
-                key
-                for key, item in self._pending.items()
-                if now - item.created >= max_age_s
-            ]
-            items = [self._pending.pop(key) for key in expired]
+        cutoff = time.time() - max_age_s
+        statement = select(PendingExchange).where(
+            col(PendingExchange.created_at) <= cutoff
+        )
+        with Session(self.engine) as session:
+            rows = list(session.exec(statement))
+        items = [
+            PendingReceipt.from_row(row) for row in rows if self._claim(row.exchange_id)
+        ]
         for item in items:
             detail = {**item.event.detail, "receipt": "unconfirmed"}
             event = replace(item.event, detail=detail, signatures={})
@@ -351,3 +396,14 @@ class ExchangeService:
                 item.event.detail.get("exchange_id"),
             )
         return len(items)
+
+    def _claim(self, exchange_id: str) -> bool:
+        """Delete a pending row; True if this call deleted it (so it logs it)."""
+        with Session(self.write_engine) as session:
+            result = session.exec(
+                delete(PendingExchange).where(
+                    col(PendingExchange.exchange_id) == exchange_id
+                )
+            )
+            session.commit()
+            return result.rowcount == 1

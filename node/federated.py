@@ -1,6 +1,6 @@
 """Federated catalog search: ask many nodes at once, merge and rank the results.
 
-Each peer gets the same query with a shared deadline. A peer that answers late,
+Each peer gets the same query with a shared deadline. A peer that responds late,
 fails or uses another code list version is reported in ``peers`` and left
 out, so one slow or dead node never fails the search. Results are ranked by a
 score (exact code match 3, code below the prefix 1, each keyword in the title
@@ -27,7 +27,7 @@ DEFAULT_DEADLINE_S = 2.0
 
 @dataclass
 class PeerOutcome:
-    """How one peer answered: ok, timeout, error or code_list_mismatch."""
+    """The result of one peer: ok, timeout, error or code_list_mismatch."""
 
     url: str
     status: str

@@ -47,3 +47,28 @@ def open_chain_client(
 
     deployment = Deployment.load(Path(deployment_path))
     return ChainClient(chain_url, deployment, private_key=private_key)
+
+
+def file_resolver(path: Path) -> SignerResolver:
+    """Return a resolver backed by a JSON file of known signers.
+
+    The file maps each account to [pubkey hex, role, active, city]. It serves
+    networks without a chain, such as tests and benchmarks; it is read once.
+    """
+    import json
+
+    from citymesh.errors import InvalidInput
+    from citymesh.node.signing import dict_resolver
+
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+        nodes = {
+            account: (bytes.fromhex(pubkey), int(role), bool(active), str(city))
+            for account, (pubkey, role, active, city) in table.items()
+        }
+    except (OSError, ValueError, TypeError) as error:
+        raise InvalidInput(
+            f"cannot read signers file {str(path)!r}: {error}; write JSON "
+            '{"0x...": ["<pubkey hex>", 1, true, "city"]}'
+        ) from None
+    return dict_resolver(nodes)

@@ -50,9 +50,28 @@ class NodeSettings(BaseSettings):
         description="How long a resolved signer is reused before asking again.",
     )
     require_signed_catalog: bool = False
+    auto_anchor: bool = Field(
+        default=True,
+        description="Anchor usage events in the background when a chain is set.",
+    )
+    anchor_batch_size: int = Field(
+        default=1000, ge=1, description="Events that make a batch due at once."
+    )
+    anchor_max_delay_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the oldest waiting event may wait before anchoring.",
+    )
     code_map: Path | None = Field(
         default=None,
         description="Local code mapping file; default: codes.map.json in home.",
+    )
+    signers_file: Path | None = Field(
+        default=None,
+        description=(
+            "JSON {account: [pubkey hex, role, active, city]} of the signers "
+            "to accept when no chain is configured."
+        ),
     )
     peers: list[str] = Field(
         default_factory=list,

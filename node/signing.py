@@ -127,6 +127,9 @@ class NonceStore:
 
     Entries older than twice the window are dropped, because a request that old
     fails the timestamp check before its nonce is looked at.
+
+    NOTE: the nonces are not persisted, so a request captured less than one
+    window before a node restart can be replayed once after the restart.
     """
 
     def __init__(self, window_s: float) -> None:

@@ -68,10 +68,10 @@ def test_demo_every_event_anchored_and_verified(demo_run):
     for city, verdict in report["audit"]["per_city"].items():
         ledger = report["ledger"]["per_city"][city]
         assert verdict["ok"], verdict["reason"]
-        # ingest, one catalog query, five training rounds
-        assert ledger["head"] == 7
-        assert ledger["anchored_events"] == 7
-        assert verdict["anchored"] == 7
+        # ingest, one catalog query, the operator's approval, five training rounds
+        assert ledger["head"] == 8
+        assert ledger["anchored_events"] == 8
+        assert verdict["anchored"] == 8
 
 
 def test_demo_credits_sum_to_settled_budget(demo_run):
@@ -137,6 +137,6 @@ def test_demo_tampered_event_fails_audit(demo_run):
 
     assert command.returncode == 1
     lines = command.stdout.splitlines()
-    assert lines[0].startswith("EWR: pass: 7 events, 7 anchored")
+    assert lines[0].startswith("EWR: pass: 8 events, 8 anchored")
     assert lines[1].startswith("JFK: FAIL")
-    assert lines[2].startswith("LGA: pass: 7 events, 7 anchored")
+    assert lines[2].startswith("LGA: pass: 8 events, 8 anchored")

@@ -12,7 +12,6 @@ from citymesh.federation import (
     run_job,
     train_centralized,
 )
-from citymesh.federation.server_app import FederationError
 
 
 def test_run_job_trains_every_city(
@@ -136,9 +135,11 @@ def test_run_job_unknown_mode_rejected(
         run_job(quick_spec, city_files, mode="cloud")
 
 
-def test_run_job_secagg_not_run_unprotected(
+def test_run_job_secagg_needs_two_nodes(
     city_files: dict[str, Path], quick_spec: JobSpec
 ) -> None:
-    spec = JobSpec.from_dict({**quick_spec.to_dict(), "privacy": {"mode": "secagg"}})
-    with pytest.raises(FederationError, match="secure aggregation"):
+    spec = JobSpec.from_dict(
+        {**quick_spec.to_dict(), "min_nodes": 1, "privacy": {"mode": "secagg"}}
+    )
+    with pytest.raises(InvalidInput, match="SecAgg\\+ needs min_nodes >= 2"):
         run_job(spec, city_files)
