@@ -87,3 +87,35 @@ def audit_nodes(
             }
     ok = bool(per_city) and all(v["ok"] for v in per_city.values())
     return {"ok": ok, "per_city": per_city}
+
+
+def grade_policy(grades: dict[str, str] | None = None) -> Any:
+    """Return a report policy check for the rules that follow a dataset's grade.
+
+    ``grades`` maps dataset ids to grades (from the nodes' catalogs); without an entry
+    the grade recorded in the event's detail is used. The check flags core data that
+    was exchanged or trained on, important data exchanged without de-identification,
+    and important data trained on without secure aggregation.
+    """
+    known = grades or {}
+
+    def check(event: Any) -> str | None:
+        grade = str(known.get(event.dataset_id) or event.detail.get("grade") or "")
+        family = grade.split(".")[0]
+        if family == "core" and event.kind in ("exchange", "train_round"):
+            return f"core dataset {event.dataset_id!r} was used: {event.kind} event"
+        if family == "important" and event.kind == "exchange":
+            if not event.detail.get("deid"):
+                return (
+                    f"important dataset {event.dataset_id!r} left its node without "
+                    "de-identification"
+                )
+        if family == "important" and event.kind == "train_round":
+            if event.detail.get("privacy") != "secagg":
+                return (
+                    f"important dataset {event.dataset_id!r} trained without secure "
+                    "aggregation"
+                )
+        return None
+
+    return check

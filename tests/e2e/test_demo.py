@@ -4,6 +4,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,56 @@ def test_demo_prints_summary(demo_run):
     _, _, stdout = demo_run
     assert "citymesh demo summary" in stdout
     assert "audit: PASS" in stdout
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "citymesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_bundles_verify_offline(demo_run):
+    workdir, _, _ = demo_run
+    bundles = sorted(str(p) for p in (workdir / "audit").glob("*.jsonl"))
+    assert [Path(b).name for b in bundles] == ["EWR.jsonl", "JFK.jsonl", "LGA.jsonl"]
+
+    result = _cli("audit", "verify-bundle", *bundles, "--format", "json")
+
+    assert result.returncode == 0, result.stderr
+    verdicts = json.loads(result.stdout)["per_city"]
+    assert all(v["ok"] for v in verdicts.values())
+
+
+def test_demo_bundle_byte_change_detected(demo_run, tmp_path):
+    workdir, _, _ = demo_run
+    original = (workdir / "audit" / "LGA.jsonl").read_bytes()
+    changed = tmp_path / "LGA.jsonl"
+    changed.write_bytes(original.replace(b'"purpose":"', b'"purpose":"x', 1))
+
+    result = _cli("audit", "verify-bundle", str(changed))
+
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+
+
+def test_demo_usage_report_counts_rounds(demo_run):
+    workdir, report, _ = demo_run
+    bundles = sorted(str(p) for p in (workdir / "audit").glob("*.jsonl"))
+
+    result = _cli(
+        "audit", "report", *bundles, "--kind", "train_round", "--format", "json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert sorted(row["city"] for row in rows) == ["EWR", "JFK", "LGA"]
+    for row in rows:
+        assert row["events"] == 5
+        assert row["violations"] == 0
+        assert row["dataset_id"] == report["discovered"][row["city"]]["id"]
 
 
 def test_demo_tampered_event_fails_audit(demo_run):
