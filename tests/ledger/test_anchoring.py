@@ -1,4 +1,4 @@
-"""Anchoring a usage log on the embedded py-evm chain over JSON-RPC on 127.0.0.1."""
+"""Anchoring a usage log over JSON-RPC on 127.0.0.1, on py-evm and on anvil."""
 
 import os
 import random
@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from eth_account import Account
@@ -29,8 +30,13 @@ ADMIN_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 ETHER = 10**18
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+@pytest.fixture(scope="module", params=["py-evm", "anvil"])
+def chain(request, tmp_path_factory):
+    """The contracts on the embedded py-evm chain, or on anvil, reached by URL only."""
+    if request.param == "anvil":
+        url = request.getfixturevalue("anvil_url")
+        yield SimpleNamespace(url=url), deploy(url, ADMIN_KEY)
+        return
     folder = tmp_path_factory.mktemp("chain")
     admin = Account.from_key(ADMIN_KEY).address
     embedded = EmbeddedChain(folder / "chain.sqlite", prefund={admin: 10**6 * ETHER})
