@@ -14,7 +14,9 @@ Prints one ``name: value`` line per figure:
   process at 3 cities (split by origin) and at 10 and 30 cities (the table
   split at random), from round 2 on, so torch's warm-up is left out;
 - ``deploy_round_s_3``: mean seconds per round in a deployment (SuperLink and 3
-  SuperNodes as subprocesses on 127.0.0.1), unless ``--skip-deploy``.
+  SuperNodes as subprocesses on 127.0.0.1, over TLS with SuperNode
+  authentication, one long-running ClientApp process per city), from round 2
+  on, unless ``--skip-deploy``.
 
 Run: python bench/federation.py [--rows N] [--rounds N] [--skip-deploy]
 """

@@ -67,11 +67,12 @@ class JobValidation:
 def default_contributions(mode: str) -> str:
     """Return the contribution method a run uses when none is given.
 
-    GTG-Shapley needs no retraining, so nodes that approved only the job
-    itself accept it. Deployment runs fall back to row shares until
-    ``LocalFederation`` passes the method on.
+    GTG-Shapley needs no retraining, so nodes that approved only the job itself
+    accept it in both modes. Leave-one-out retrains subsets of cities, and in
+    deployment mode each subset is a job of its own that the nodes reject
+    unless their operators approved it too.
     """
-    return "gtg" if mode == "inprocess" else "size"
+    return "gtg"
 
 
 def catalog_entries(network: Network, spec: JobSpec) -> dict[str, Any]:

@@ -50,7 +50,8 @@ def make_tls_files(
     """Create a CA and a server certificate for ``hosts`` in ``directory``.
 
     ``hosts`` are IP addresses or DNS names, all written as subject alternative
-    names; "localhost" is always added. Existing files are overwritten.
+    names, and "localhost" is always added. Existing files are overwritten. The
+    CA's private key is not written, so no further certificate can be signed.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,6 @@ def make_tls_files(
         certificate=directory / "server.pem",
         private_key=directory / "server.key",
     )
-    _write_private(directory / "ca.key", _pem_private_key(ca_key))
     _write_private(
         files.ca_certificate, ca_certificate.public_bytes(serialization.Encoding.PEM)
     )

@@ -59,8 +59,8 @@ HOST = "127.0.0.1"
 CONNECTION_NAME = "citymesh"
 APP_NAME = "citymesh-job"
 STARTUP_TIMEOUT_S = 60.0
-# How often ``wait`` looks for the result file, and how often it asks the
-# SuperLink for the run's status (each ``flwr ls`` starts a Python process).
+# How often ``wait`` looks for the result file, and how often it requests the
+# run's status from the SuperLink (each ``flwr ls`` starts a Python process).
 RESULT_POLL_S = 0.2
 STATUS_POLL_S = 5.0
 # Read by flower-superexec (Flower 1.42, run_superexec.py); its default is 1 s.
@@ -130,7 +130,7 @@ class _Worker:
     process: _Process
     restarts: int = 0
     quick_failures: int = 0
-    wanted: bool = True
+    keep_running: bool = True
 
 
 @dataclass
@@ -293,7 +293,7 @@ class LocalFederation:
         with self._lock:
             worker = self.workers.get(city)
             if worker is not None:
-                worker.wanted = False
+                worker.keep_running = False
                 _terminate(worker.process)
         for process in self.processes:
             if process.name == f"supernode-{city}":
@@ -307,7 +307,7 @@ class LocalFederation:
             self._supervisor = None
         with self._lock:
             for worker in self.workers.values():
-                worker.wanted = False
+                worker.keep_running = False
                 _terminate(worker.process)
             self.workers.clear()
         for process in reversed(self.processes):
@@ -362,7 +362,7 @@ class LocalFederation:
         """Wait until the run finishes; raise DeploymentError unless it completed.
 
         The ServerApp writes its result file last, so this method watches for
-        the file and asks the SuperLink for the status only every
+        the file and requests the status from the SuperLink only every
         ``STATUS_POLL_S`` seconds until then.
         """
         deadline = time.monotonic() + timeout
@@ -443,7 +443,7 @@ class LocalFederation:
 
     def _check_worker(self, worker: _Worker) -> None:
         code = worker.process.popen.poll()
-        if code is None or not worker.wanted or self._stopping.is_set():
+        if code is None or not worker.keep_running or self._stopping.is_set():
             return
         lived = time.monotonic() - worker.process.started
         worker.quick_failures = (
@@ -459,7 +459,7 @@ class LocalFederation:
                 RESTART_WINDOW_S,
                 worker.process.tail(),
             )
-            worker.wanted = False
+            worker.keep_running = False
             return
         worker.restarts += 1
         log.warning(

@@ -154,13 +154,15 @@ def run_job(
         )
     require_supported_privacy(spec)
     check_job_budget(spec)
-    if contributions in GTG_METHODS and mode != "inprocess":
-        # TODO: LocalFederation.submit does not pass CONTRIBUTIONS_KEY into the
-        # run config yet; the ServerApp and ClientApp support it in both modes.
-        raise InvalidInput(
-            f"contributions {contributions!r} run in process mode only for now; "
-            "use 'size' in deployment mode"
-        )
+    if spec.privacy.mode == "secagg" and contributions in ("loo", "shapley", "loo+gtg"):
+        # A retrained subset of one city would show the hub that city's model.
+        smallest = 1 if contributions == "shapley" else len(datasets) - 1
+        if smallest < 2:
+            raise InvalidInput(
+                f"contributions {contributions!r} retrain subsets of {smallest} "
+                "city, which secure aggregation cannot protect; use 'size'"
+            )
+    gtg_method = "gtg" if contributions in GTG_METHODS else ""
     started = time.perf_counter()
     with ExitStack() as stack:
         directory = stack.enter_context(_output_dir(output_dir))
@@ -175,7 +177,7 @@ def run_job(
                 on_metrics=on_metrics,
                 max_update_norm=max_update_norm,
                 approvals=approvals or {},
-                contribution_method="gtg" if contributions in GTG_METHODS else "",
+                contribution_method=gtg_method,
             )
 
             def retrain(subset: dict[str, Path]) -> float:
@@ -188,7 +190,7 @@ def run_job(
                         spec, datasets, usage_logs, dataset_ids, approvals
                     )
                 )
-            _run_deployment(spec, federation, directory, max_update_norm)
+            _run_deployment(spec, federation, directory, max_update_norm, gtg_method)
 
             def retrain(subset: dict[str, Path]) -> float:
                 return _retrain_deployment(
@@ -267,10 +269,17 @@ def _run_deployment(
     federation: LocalFederation,
     output_dir: Path,
     max_update_norm: float | None,
+    contribution_method: str = "",
 ) -> None:
-    run_id = federation.submit(spec, output_dir, max_update_norm)
+    extra = {CONTRIBUTIONS_KEY: contribution_method} if contribution_method else None
+    run_id = federation.submit(spec, output_dir, max_update_norm, extra)
     # Each round has a train and an evaluate exchange, plus the statistics step.
-    timeout = spec.round_timeout_s * (2 * spec.rounds + 1)
+    exchanges = 2 * spec.rounds + 1
+    if contribution_method:
+        # GTG-Shapley scores coalitions in about one exchange per city, more
+        # when it samples permutations (over 5 cities).
+        exchanges += 2 * len(spec.datasets) + 1
+    timeout = spec.round_timeout_s * exchanges
     federation.wait(run_id, timeout)
 
 

@@ -1,7 +1,7 @@
 """Training rounds under secure aggregation (SecAgg+), on the hub's side.
 
 Flower 1.42 runs SecAgg+ only on its legacy path: ``SecAggPlusWorkflow`` drives a
-legacy ``Strategy`` through a ``LegacyContext``, and each city answers with
+legacy ``Strategy`` through a ``LegacyContext``, and each city replies through
 ``secaggplus_mod`` around a ``NumPyClient`` (see ``secagg_client``). The hub then
 sees only the sum of the cities' masked, row-weighted updates.
 
@@ -13,6 +13,10 @@ and that the model changed. Otherwise it raises ``SecureAggregationError``.
 
 Evaluation stays on the Message API: after each aggregated round the strategy
 sends the global model to the cities, which reply with score histograms.
+
+NOTE: the hub cannot screen single updates under SecAgg+, so ``max-update-norm``
+is not enforced here. Each city withholds a NaN or infinite update itself (see
+``client_app``), and the hub checks only that the aggregate is finite.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class SecureAggregationError(FederationError):
 
 @dataclass
 class ProtocolRecord:
-    """What one SecAgg+ round did, as seen by the hub."""
+    """The hub's record of one SecAgg+ round: stages, parameters and counts."""
 
     stages: list[str] = field(default_factory=list)
     sampled: set[int] = field(default_factory=set)
@@ -278,6 +282,7 @@ def check_round(
 ) -> list[np.ndarray]:
     """Return the round's aggregate, or raise if SecAgg+ did not produce one."""
     where = f"job {spec.id!r}, round {server_round}"
+
     missing = [stage for stage in STAGES if stage not in protocol.stages]
     if missing:
         raise SecureAggregationError(
@@ -285,6 +290,7 @@ def check_round(
             f"({protocol.masked_vectors} masked update(s) of "
             f"{len(protocol.sampled)} sampled cities); check the nodes' logs"
         )
+
     short = {
         node: count
         for node in sorted(protocol.sampled)
@@ -300,6 +306,7 @@ def check_round(
             f"SecAgg+ in {where} summed {protocol.masked_vectors} masked "
             f"update(s), fewer than min_nodes = {spec.min_nodes}"
         )
+
     aggregated = protocol.aggregated
     if aggregated is None:
         raise SecureAggregationError(

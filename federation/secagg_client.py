@@ -40,7 +40,7 @@ def is_secagg_message(message: Message) -> bool:
 
 
 def make_secagg_train(fit: FitFunction) -> ClientAppCallable:
-    """Return a train handler that answers SecAgg+ stages and trains with ``fit``."""
+    """Return a train handler for SecAgg+ stages that trains with ``fit``."""
 
     def client_fn(context: Context) -> object:
         return _CityClient(fit, context).to_client()

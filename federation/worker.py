@@ -13,6 +13,12 @@ run and FAB; load the ClientApp the FAB names; call it; push the reply and the
 updated context. The ClientApp module stays imported, so its per-job cache of
 the city's split and encoded rows survives from round to round.
 
+Because the worker keeps the code it imported, it exits with code
+``CODE_CHANGED_EXIT`` when a source file of this package changes on disk, and
+its supervisor (``deployment.LocalFederation``) starts it again. Otherwise a
+node would check an operator's approval against the new code (see
+``approval.code_digest``) while it runs the old.
+
 Flower internals used (Flower 1.42): ``RuntimeHttpClient``, the Runtime API
 request types, and ``pull_task_input``, ``push_message`` and
 ``push_task_output`` of ``run_clientapp``; the same calls ``flwr-clientapp``
@@ -28,6 +34,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -55,7 +62,9 @@ from flwr.supernode.runtime.run_clientapp import (
 
 log = logging.getLogger("citymesh.federation")
 
-DEFAULT_POLL_INTERVAL_S = 0.1
+DEFAULT_POLL_INTERVAL_S = 0.2
+CODE_CHANGED_EXIT = 3
+PACKAGE_DIR = Path(__file__).resolve().parent
 # The Runtime API method that hands out task tokens, which a SuperNode started
 # with --superexec-auth-secret-file accepts only when signed with the secret.
 ACQUIRE_TASK_METHOD = "/flwr.proto.Runtime/AcquireTask"
@@ -92,12 +101,22 @@ class ClientAppWorker:
             default_app_ref="", app_path=None, multi_app=True
         )
         self._installed: set[str] = set()
+        self._code_version = code_version()
+        self.code_changed = False
 
     def serve(self) -> None:
-        """Run tasks until ``stop`` is called; a running task finishes first."""
+        """Run tasks until ``stop`` is called; a running task finishes first.
+
+        Returns early, with ``code_changed`` set, when this package's source
+        files change on disk.
+        """
         log.info("ClientApp worker polling %s", self.address)
         try:
             while not self.stopping.is_set():
+                if code_version() != self._code_version:
+                    log.warning("federation code changed on disk; the worker exits")
+                    self.code_changed = True
+                    return
                 response = self._client.AcquireTask(
                     AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
                 )
@@ -165,8 +184,45 @@ class ClientAppWorker:
         )
 
 
+def code_version() -> tuple[tuple[str, int, int], ...]:
+    """Return name, size and modification time of this package's source files."""
+    files = sorted(PACKAGE_DIR.glob("*.py"))
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start a worker from the command line; SIGTERM or SIGINT stop it."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # httpx logs every request at INFO, several a second while the worker polls.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for module in args.preload:
+        importlib.import_module(module)
+
+    worker = ClientAppWorker(
+        args.runtime_api_address,
+        root_certificates=(
+            args.root_certificates.read_bytes() if args.root_certificates else None
+        ),
+        auth_secret=(
+            args.auth_secret_file.read_bytes() if args.auth_secret_file else None
+        ),
+        poll_interval_s=args.poll_interval,
+    )
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: worker.stop())
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
+
+    log.info("ClientApp worker started (pid %d)", os.getpid())
+    worker.serve()
+    if worker.code_changed:
+        sys.exit(CODE_CHANGED_EXIT)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--runtime-api-address",
@@ -204,30 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         help="import this module at start (repeatable), so the first task does "
         "not pay for it",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every request at INFO, 10 a second while the worker polls.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    for module in args.preload:
-        importlib.import_module(module)
-    worker = ClientAppWorker(
-        args.runtime_api_address,
-        root_certificates=(
-            args.root_certificates.read_bytes() if args.root_certificates else None
-        ),
-        auth_secret=(
-            args.auth_secret_file.read_bytes() if args.auth_secret_file else None
-        ),
-        poll_interval_s=args.poll_interval,
-    )
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: worker.stop())
-    if args.parent_pid is not None:
-        start_parent_process_monitor(args.parent_pid)
-    log.info("ClientApp worker started (pid %d)", os.getpid())
-    worker.serve()
+    return parser
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from citymesh.catalog.models import DatasetEntry  # noqa: E402
 from citymesh.catalog.store import CatalogStore  # noqa: E402
 from citymesh.cli import main  # noqa: E402
+from citymesh.errors import InvalidInput  # noqa: E402
 from citymesh.federation import JobSpec  # noqa: E402
 from citymesh.federation.approval import Approvals  # noqa: E402
 from citymesh.incentives import Payout, payout_memo  # noqa: E402
@@ -137,6 +138,55 @@ def add_entry_copy(network: Path, city: str, source: str, **changes: object) -> 
 def usage_events(network: Path, city: str, job_id: str) -> list[str]:
     with UsageLog(load_settings(network / "nodes" / city).usage_path) as log:
         return [e.event.kind for e in log.entries() if e.event.job_id == job_id]
+
+
+# job folder ------------------------------------------------------------------------
+
+
+def test_job_folder_state_changes(tmp_path: Path) -> None:
+    folder = JobFolder(tmp_path, "state-1")
+    folder.create()
+    queued = folder.set_state("queued", mode="inprocess")
+    assert queued["state"] == "queued"
+    assert "started" not in queued
+    running = folder.set_state("running", round=0)
+    assert running["mode"] == "inprocess"
+    assert running["started"] == running["updated"]
+    folder.update(round=2)
+    assert folder.status()["round"] == 2
+    assert folder.status()["state"] == "running"
+    done = folder.set_state("succeeded")
+    assert done["finished"] == done["updated"]
+    with pytest.raises(InvalidInput, match="job state 'paused' is unknown"):
+        folder.set_state("paused")
+
+
+def test_job_folder_reuses_failed_job(tmp_path: Path) -> None:
+    folder = JobFolder(tmp_path, "again-1")
+    folder.create()
+    folder.set_state("queued")
+    folder.write_json("metrics.json", {"rounds": []})
+    folder.log_path.write_text("first run\n")
+    folder.set_state("failed", error="boom")
+    folder.create()
+    assert not folder.file("metrics.json").exists()
+    assert folder.log_path.read_text() == "first run\n"
+    assert folder.set_state("queued")["state"] == "queued"
+    assert "error" not in folder.status()
+
+
+def test_job_folder_rejects_existing_job(tmp_path: Path) -> None:
+    folder = JobFolder(tmp_path, "done-1")
+    folder.create()
+    folder.set_state("succeeded")
+    with pytest.raises(InvalidInput, match="already exists with state 'succeeded'"):
+        folder.create()
+
+
+@pytest.mark.parametrize("job_id", ["../escape", "", "a/b", ".hidden", "x" * 129])
+def test_job_folder_rejects_unsafe_id(tmp_path: Path, job_id: str) -> None:
+    with pytest.raises(InvalidInput, match="is invalid"):
+        JobFolder(tmp_path, job_id)
 
 
 # validate --------------------------------------------------------------------------
@@ -565,12 +615,13 @@ def test_rerun_of_succeeded_job_rejected(
 def test_run_in_deployment_mode(
     network: Path, datasets: dict[str, str], specs: Path
 ) -> None:
-    spec_path = write_spec(specs, "deploy-1", datasets, rounds=1)
+    spec_path = write_spec(specs, "deploy-1", datasets, rounds=1, round_timeout_s=240.0)
     spec = JobSpec.from_toml(spec_path)
     for city in CITIES:
         decide_job(
             network / "nodes" / city, spec, approve=True, operator=f"{city}-office"
         )
+
     done = subprocess.run(
         [
             sys.executable,
@@ -589,9 +640,12 @@ def test_run_in_deployment_mode(
         timeout=1200,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
     folder = JobFolder.find(network, "deploy-1")
     assert folder.status()["mode"] == "deployment"
-    assert folder.read_json("contributions.json")["method"] == "size"
-    assert folder.read_json("settlement.json")["gain"] == "size"
+    contributions = folder.read_json("contributions.json")
+    assert contributions["method"] == "gtg"
+    assert sorted(contributions["gtg"]["shapley"]) == CITIES
+    assert folder.read_json("settlement.json")["gain"] == "shapley"
     for city in CITIES:
         assert usage_events(network, city, "deploy-1") == ["approval", "train_round"]

@@ -183,13 +183,12 @@ def run(
         ),
     ] = RunMode.inprocess,
     contributions: Annotated[
-        ContributionMethod | None,
+        ContributionMethod,
         typer.Option(
             help="Contribution scores: size, loo, shapley (both retrain), gtg "
-            "(GTG-Shapley from the rounds' updates) or loo+gtg. Default: gtg in "
-            "process, size in deployment."
+            "(GTG-Shapley from the rounds' updates) or loo+gtg."
         ),
-    ] = None,
+    ] = ContributionMethod.gtg,
     epoch: Annotated[
         int | None,
         typer.Option(help="Settlement epoch. Default: days since 1970-01-01 UTC."),
@@ -207,7 +206,7 @@ def run(
         spec_path,
         network,
         mode=mode.value,
-        contributions=contributions.value if contributions else None,
+        contributions=contributions.value,
         epoch=epoch,
     )
     if output == OutputFormat.json:

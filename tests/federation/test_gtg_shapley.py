@@ -187,10 +187,3 @@ def test_gtg_unavailable_with_dp(
     assert result.gtg_shapley is not None
     assert "not available in privacy mode 'dp'" in result.gtg_shapley["error"]
     assert all(c.shapley is None for c in result.contributions.values())
-
-
-def test_gtg_in_deployment_rejected_early(
-    city_files: dict[str, Path], quick_spec: JobSpec
-) -> None:
-    with pytest.raises(InvalidInput, match="run in process mode only"):
-        run_job(quick_spec, city_files, mode="deployment", contributions="gtg")

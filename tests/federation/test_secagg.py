@@ -13,8 +13,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     Key,
 )
 
-from citymesh.errors import PolicyViolation
-from citymesh.federation import JobResult, JobSpec, read_result
+from citymesh.errors import InvalidInput, PolicyViolation
+from citymesh.federation import JobResult, JobSpec, read_result, run_job
 from citymesh.federation.client_app import make_client_app
 from citymesh.federation.inprocess import InProcessGrid, run_server_app
 from citymesh.federation.runner import job_run_config, node_configs
@@ -217,3 +217,13 @@ def test_check_round_accepts_aggregate(quick_spec: JobSpec) -> None:
     aggregated = [np.full((1, 4), 2.0)]
     record = completed_record(aggregated)
     assert check_round(quick_spec, 1, record, previous) is aggregated
+
+
+def test_secagg_single_city_subsets_rejected(
+    city_files: dict[str, Path], quick_spec: JobSpec
+) -> None:
+    two = {city: city_files[city] for city in ("EWR", "JFK")}
+    with pytest.raises(InvalidInput, match="subsets of 1 city"):
+        run_job(secagg(quick_spec), two, contributions="loo")
+    with pytest.raises(InvalidInput, match="subsets of 1 city"):
+        run_job(secagg(quick_spec), city_files, contributions="shapley")
