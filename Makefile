@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/citymesh demo $(ARGS)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
 
 clean:
