@@ -34,6 +34,7 @@ __all__ = ["DemoOptions", "run_demo"]
 FLIGHTS_CODE = "04.5.4"  # COFOG 04.5.4: air transport
 SEARCH_CODE = "04.5"  # COFOG 04.5: transport, which holds 04.5.4
 ETHER = 10**18
+FEDERATION_MODES = ("inprocess", "deployment")
 
 
 @dataclass
@@ -47,7 +48,8 @@ class DemoOptions:
     seed: int = 7
     workdir: Path | None = None
     report: Path | None = None
-    contributions: str = "loo"
+    contributions: str | None = None
+    federation: str = "inprocess"
 
 
 @dataclass
@@ -94,6 +96,11 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     console = console or Console()
     if options.rounds < 1:
         raise InvalidInput(f"--rounds must be >= 1, got {options.rounds!r}")
+    if options.federation not in FEDERATION_MODES:
+        raise InvalidInput(
+            f"--federation must be one of {FEDERATION_MODES!r}, "
+            f"got {options.federation!r}"
+        )
     if options.budget < 1:
         raise InvalidInput(f"--budget must be >= 1 credit unit, got {options.budget!r}")
     started = time.perf_counter()
@@ -159,8 +166,17 @@ def _options_dict(options: DemoOptions) -> dict[str, Any]:
         "model": options.model,
         "budget": options.budget,
         "seed": options.seed,
-        "contributions": options.contributions,
+        "contributions": _contribution_method(options),
+        "federation": options.federation,
     }
+
+
+def _contribution_method(options: DemoOptions) -> str:
+    """Return the scoring method: leave-one-out and GTG-Shapley in process, GTG alone
+    in deployment, where each leave-one-out subset would need its own approval."""
+    if options.contributions is not None:
+        return options.contributions
+    return "loo+gtg" if options.federation == "inprocess" else "gtg"
 
 
 def _ingest(
@@ -249,8 +265,9 @@ def _train(
         on_metrics=show_round,
         usage_logs=usage_logs,
         output_dir=network.workdir / "job",
-        contributions=options.contributions,
+        contributions=_contribution_method(options),
         approvals=approvals,
+        mode=options.federation,
     )
     baseline = train_centralized(spec, datasets)
     console.print(
@@ -324,15 +341,20 @@ def _settle(
 ) -> dict[str, Any]:
     from citymesh.incentives import settle_job
 
-    rows = {city: c["rows"] for city, c in federation["contributions"].items()}
-    loo = {city: c["loo"] or 0.0 for city, c in federation["contributions"].items()}
+    contributions = federation["contributions"]
+    rows = {city: c["rows"] for city, c in contributions.items()}
+    # Shapley values when the job computed them, else leave-one-out gains.
+    gains = {
+        city: c["shapley"] if c["shapley"] is not None else (c["loo"] or 0.0)
+        for city, c in contributions.items()
+    }
     outcome = settle_job(
         network.admin_chain(),
         epoch=1,
         job_id=federation["job_id"],
         model_hash=federation["model_hash"],
         rows=rows,
-        loo_gain=loo,
+        loo_gain=gains,
         budget=options.budget,
         accounts=network.accounts(),
     )

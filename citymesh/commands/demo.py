@@ -24,8 +24,19 @@ def demo(
         int, typer.Option(help="Seed of the sample and the train/test split.")
     ] = 7,
     contributions: Annotated[
-        str, typer.Option(help="Contribution scores: size, loo or shapley.")
-    ] = "loo",
+        str | None,
+        typer.Option(
+            help="Contribution scores: size, loo, gtg, loo+gtg or shapley; default "
+            "loo+gtg in process, gtg in deployment."
+        ),
+    ] = None,
+    federation: Annotated[
+        str,
+        typer.Option(
+            help="inprocess: Flower apps in this process; deployment: a SuperLink "
+            "and one SuperNode process per city."
+        ),
+    ] = "inprocess",
     workdir: Annotated[
         Path | None,
         typer.Option(help="Empty folder for state and logs; default runs/demo-<time>."),
@@ -47,6 +58,7 @@ def demo(
             workdir=workdir,
             report=report,
             contributions=contributions,
+            federation=federation,
         )
     )
     if not result["audit"]["ok"]:

@@ -82,9 +82,20 @@ def test_deployment_job_only_named_cities(
     assert sorted(result.rounds[0].per_city) == ["EWR", "LGA"]
 
 
-def test_deployment_secagg_matches_plain(
+def test_deployment_secagg_survives_worker_kill(
     federation: LocalFederation, city_files: dict[str, Path], quick_spec: JobSpec
 ) -> None:
+    # The supervisor restarts JFK's killed ClientApp process, and the restarted
+    # process takes part in every SecAgg+ stage of the next job.
+    killed = federation.worker_pid("JFK")
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 15.0
+    while federation.worker_pid("JFK") in (None, killed):
+        assert time.monotonic() < deadline, "the JFK worker was not restarted"
+        time.sleep(0.2)
+    assert federation.worker_restarts("JFK") == 1
+
     plain_spec = JobSpec.from_dict({**quick_spec.to_dict(), "rounds": 2})
     secure_spec = JobSpec.from_dict(
         {**plain_spec.to_dict(), "job_id": "secure", "privacy": {"mode": "secagg"}}
@@ -99,29 +110,11 @@ def test_deployment_secagg_matches_plain(
     plain = run_job(plain_spec, city_files, contributions="none")
     assert [r.round for r in secure.rounds] == [1, 2]
     for metrics in secure.rounds:
+        assert sorted(metrics.per_city) == ["EWR", "JFK", "LGA"]
         assert all(part.train_rows > 0 for part in metrics.per_city.values())
     assert secure.final_auc == pytest.approx(plain.final_auc, abs=0.02)
     for name, tensor in plain.model_state.items():
         assert secure.model_state[name].allclose(tensor, atol=1e-4)
-
-
-def test_deployment_worker_restarted(
-    federation: LocalFederation, city_files: dict[str, Path], quick_spec: JobSpec
-) -> None:
-    killed = federation.worker_pid("JFK")
-    assert killed is not None
-    os.kill(killed, signal.SIGKILL)
-    deadline = time.monotonic() + 15.0
-    while federation.worker_pid("JFK") in (None, killed):
-        assert time.monotonic() < deadline, "the JFK worker was not restarted"
-        time.sleep(0.2)
-    assert federation.worker_restarts("JFK") == 1
-
-    spec = JobSpec.from_dict({**quick_spec.to_dict(), "rounds": 1, "job_id": "after"})
-    result = run_job(
-        spec, city_files, mode="deployment", federation=federation, contributions="none"
-    )
-    assert result.rounds[0].per_city["JFK"].train_rows > 0
 
 
 def test_deployment_unregistered_node_rejected(
