@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from citymesh.errors import InvalidInput
+from citymesh.errors import CitymeshError, InvalidInput
 from citymesh.flights import ORIGINS, load_flights, write_city_exports
 from citymesh.network import Network
 
@@ -269,6 +270,11 @@ def _train(
         approvals=approvals,
         mode=options.federation,
     )
+    if not math.isfinite(result.final_auc):
+        raise CitymeshError(
+            f"federated job {result.job_id!r} ended without a pooled evaluation "
+            f"(AUC {result.final_auc!r}); see the logs in {network.workdir / 'logs'}"
+        )
     baseline = train_centralized(spec, datasets)
     console.print(
         f"      centralized baseline: AUC {baseline.auc:.4f}, "

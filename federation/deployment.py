@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -214,8 +215,16 @@ class LocalFederation:
             "TLS, SuperNode authentication" if self.tls else "insecure",
         )
 
-        for city, config in sorted(self.nodes.items()):
-            self.add_node(city, config)
+        # The nodes start in parallel, because each spends seconds starting Python.
+        with ThreadPoolExecutor(
+            len(self.nodes), thread_name_prefix="supernode"
+        ) as pool:
+            starts = [
+                pool.submit(self.add_node, city, config)
+                for city, config in sorted(self.nodes.items())
+            ]
+            for started in starts:
+                started.result()
         if self.clientapp_workers:
             self._supervisor = threading.Thread(
                 target=self._supervise, name="clientapp-supervisor", daemon=True
@@ -308,10 +317,12 @@ class LocalFederation:
         with self._lock:
             for worker in self.workers.values():
                 worker.keep_running = False
-                _terminate(worker.process)
+            workers = [worker.process for worker in self.workers.values()]
             self.workers.clear()
-        for process in reversed(self.processes):
-            _terminate(process)
+        # ClientApp processes and SuperNodes stop together, then the SuperLink.
+        nodes = [p for p in self.processes if p.name != "superlink"]
+        _terminate_all([*workers, *nodes])
+        _terminate_all([p for p in self.processes if p.name == "superlink"])
         self.processes.clear()
 
     # Runs ---------------------------------------------------------------------------
@@ -626,18 +637,31 @@ def _wait_for_log(process: _Process, marker: str) -> None:
 
 def _terminate(process: _Process, grace: float = 10.0) -> None:
     """Stop a process and its children (its own process group)."""
-    if process.popen.poll() is not None:
-        return
-    try:
-        os.killpg(process.popen.pid, signal.SIGTERM)
-        process.popen.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        log.warning("%s ignored SIGTERM for %.0f s; killing it", process.name, grace)
-        os.killpg(process.popen.pid, signal.SIGKILL)
-        process.popen.wait(timeout=grace)
-    except ProcessLookupError:
-        return
-    log.info("%s stopped", process.name)
+    _terminate_all([process], grace)
+
+
+def _terminate_all(processes: list[_Process], grace: float = 10.0) -> None:
+    """Send SIGTERM to each process group, then wait; SIGKILL after ``grace`` s."""
+    running = [p for p in processes if p.popen.poll() is None]
+    for process in running:
+        try:
+            os.killpg(process.popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "%s ignored SIGTERM for %.0f s; killing it", process.name, grace
+            )
+            try:
+                os.killpg(process.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            process.popen.wait(timeout=grace)
+        log.info("%s stopped", process.name)
 
 
 def _toml_table(values: dict[str, object]) -> str:

@@ -2,7 +2,8 @@
 
 The SuperLink serves TLS with a certificate citymesh made and accepts only
 SuperNodes whose keys were registered. Each city runs one long-running ClientApp
-process. Most tests share one federation, because starting one takes about 10 s.
+process. Most tests share one federation, because starting one takes 15 s or more
+on 2 cores.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def test_deployment_superlink_serves_tls_only(federation: LocalFederation) -> No
         pytest.raises(ssl.SSLCertVerificationError),
     ):
         ssl.create_default_context().wrap_socket(raw, server_hostname=HOST)
-    # Plain HTTP gets no HTTP answer.
+    # A plain HTTP request gets no HTTP response.
     plain = http.client.HTTPConnection(HOST, federation.port, timeout=5)
     with pytest.raises((http.client.HTTPException, OSError)):
         plain.request("GET", "/")

@@ -25,6 +25,7 @@ from citymesh.federation.secagg import (
     check_round,
 )
 from citymesh.federation.server_app import FederationError, make_server_app
+from citymesh.ledger.log import UsageLog
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
@@ -41,8 +42,9 @@ def run(
     output_dir: Path,
     mods: list[Mod] | None = None,
     grade: str | None = None,
+    usage_logs: dict[str, Path] | None = None,
 ) -> JobResult:
-    configs = node_configs(spec, datasets)
+    configs = node_configs(spec, datasets, usage_logs)
     for config in configs:
         if grade is not None:
             config["grade"] = grade
@@ -89,8 +91,8 @@ def test_secagg_important_job_matches_plain(
         assert all(part.train_rows > 0 for part in metrics.per_city.values())
         assert metrics.failures == 0
     assert secure.final_auc == pytest.approx(plain.final_auc, abs=0.02)
-    # SecAgg+ quantizes each weight to 16 / 2**22 before masking, so the
-    # models agree far more closely than the AUC bound requires.
+    # SecAgg+ quantizes each weight in steps of 16 / 2**22 before masking, so
+    # the models agree far more closely than the AUC bound requires.
     for name, tensor in plain.model_state.items():
         assert secure.model_state[name].allclose(tensor, atol=1e-4)
 
@@ -98,9 +100,14 @@ def test_secagg_important_job_matches_plain(
 def test_secagg_plain_job_rejected_for_important_grade(
     city_files: dict[str, Path], quick_spec: JobSpec, tmp_path: Path
 ) -> None:
+    logs = {city: tmp_path / f"{city}.db" for city in city_files}
     spec = JobSpec.from_dict({**quick_spec.to_dict(), "round_timeout_s": 2.0})
     with pytest.raises(FederationError, match="fewer than min_nodes = 2"):
-        run(spec, city_files, tmp_path, grade="important")
+        run(spec, city_files, tmp_path, grade="important", usage_logs=logs)
+    for path in logs.values():
+        events = [entry.event for entry in UsageLog(path).entries()]
+        assert [event.kind for event in events] == ["refusal"]
+        assert "graded important" in events[0].detail["reason"]
 
 
 def test_secagg_core_grade_rejected(
@@ -114,8 +121,9 @@ def test_secagg_core_grade_rejected(
 def test_secagg_halt_fails_job(
     city_files: dict[str, Path], quick_spec: JobSpec, tmp_path: Path
 ) -> None:
-    # With two of three cities gone, no city has the 2 shares a reconstruction
-    # needs, so Flower's workflow halts; the job must not report success.
+    # With two of three cities gone, each city has one active neighbour, fewer
+    # than the reconstruction threshold of 2. Flower's workflow halts, and the
+    # job must not report success.
     halting = fail_at("share_keys", {"JFK", "LGA"})
     with pytest.raises(SecureAggregationError, match="before the stage 'share_keys'"):
         run(secagg(quick_spec), city_files, tmp_path, mods=[halting])
