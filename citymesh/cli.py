@@ -46,13 +46,14 @@ def _root(
 
 
 def _mount() -> None:
-    from citymesh.commands import audit, catalog, demo, job, ledger, node, sim
+    from citymesh.commands import audit, catalog, demo, exchange, job, ledger, node, sim
 
     app.add_typer(
         ledger.app, name="ledger", help="Run the embedded chain and deploy contracts."
     )
     app.add_typer(node.app, name="node", help="Create and run a city node.")
     app.add_typer(catalog.app, name="catalog", help="Search and inspect city catalogs.")
+    app.add_typer(exchange.app, name="exchange", help="Approve and request extracts.")
     app.add_typer(job.app, name="job", help="Validate and run federated training jobs.")
     app.add_typer(
         audit.app, name="audit", help="Verify the usage ledger as a regulator."

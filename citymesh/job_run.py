@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,71 @@ def catalog_entries(network: Network, spec: JobSpec) -> dict[str, Any]:
     return entries
 
 
+def resolve_datasets(network: Network, spec: JobSpec) -> JobSpec:
+    """Return ``spec`` with the datasets its ``[match]`` section selects in each city.
+
+    A spec that already names datasets is returned unchanged. In each city asked,
+    exactly one catalog entry must have a code under ``match.code`` and every column
+    in ``match.columns``; a city with none takes no part, and a city with several
+    raises InvalidInput so the data scientist names one by id.
+    """
+    from citymesh.catalog.store import CatalogStore, SearchQuery
+    from citymesh.node.settings import load_settings
+
+    match = spec.match
+    if spec.datasets or not match.code:
+        return spec
+    unknown = sorted(set(match.cities) - set(network.cities))
+    if unknown:
+        raise InvalidInput(
+            f"[match] cities {unknown!r} have no node in the network; it has "
+            f"{network.cities!r}"
+        )
+    wanted = set(match.columns)
+    datasets: dict[str, str] = {}
+    for city in match.cities or network.cities:
+        store = CatalogStore(load_settings(network.home(city)).database)
+        try:
+            page = store.search(SearchQuery(code_prefix=match.code, limit=1000))
+            fitting = [
+                entry.id
+                for entry in page.items
+                if wanted <= {column["name"] for column in entry.columns}
+            ]
+        finally:
+            store.close()
+        if len(fitting) > 1:
+            raise InvalidInput(
+                f"[match] selects {len(fitting)} datasets at {city!r}: {fitting!r}; "
+                "name one per city under [datasets]"
+            )
+        if fitting:
+            datasets[city] = fitting[0]
+    if not datasets:
+        raise NotFound(
+            f"no city has a dataset under code {match.code!r} with columns "
+            f"{sorted(wanted)!r}"
+        )
+    return replace(spec, datasets=datasets)
+
+
+def resolved_spec_text(spec_text: str, spec: JobSpec) -> str:
+    """Return the spec file's text with a ``[datasets]`` table for a resolved match."""
+    if "[datasets]" in spec_text or not spec.datasets:
+        return spec_text
+    lines = ["", "[datasets]  # resolved from [match]"]
+    lines += [
+        f"{city} = {json.dumps(dataset)}" for city, dataset in spec.datasets.items()
+    ]
+    return spec_text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+
+
 def validate_network_job(spec: JobSpec, network_dir: Path) -> JobValidation:
     """Check ``spec`` against the catalogs of the network's nodes that it names."""
     from citymesh.federation.validate import job_problems
 
     network = Network.open(network_dir)
+    spec = resolve_datasets(network, spec)
     entries = catalog_entries(network, spec)
     problems = [
         f"city {city!r} has no node in {str(network_dir)!r}; the network has "
@@ -172,8 +233,9 @@ def run_network_job(
     raised again.
     """
     spec = JobSpec.from_toml(spec_path)
-    spec_text = Path(spec_path).read_text()
     network = Network.open(network_dir)
+    spec = resolve_datasets(network, spec)
+    spec_text = resolved_spec_text(Path(spec_path).read_text(), spec)
     folder = JobFolder(network_dir, spec.id)
     folder.create()
     atomic_write_bytes(folder.file("spec.toml"), spec_text.encode())

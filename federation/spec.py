@@ -23,6 +23,10 @@ the training schedule and the privacy settings. Example::
 
     [privacy]
     mode = "none"             # "none", "dp" or "secagg"
+
+In place of ``[datasets]``, a ``[match]`` section names datasets by classification
+code and columns (``code = "04.5"``, ``columns = ["arr_delay", "carrier"]``); the
+job resolves it against each city's catalog before it starts.
 """
 
 from __future__ import annotations
@@ -90,6 +94,20 @@ class PrivacySpec:
 
 
 @dataclass(frozen=True)
+class MatchSpec:
+    """Datasets named by classification code and columns instead of catalog ids.
+
+    Each city contributes the one dataset in its catalog whose code starts with
+    ``code`` and that has every column in ``columns``; ``cities`` limits the cities
+    asked (all when empty). A spec that names ``datasets`` ignores this section.
+    """
+
+    code: str = ""
+    columns: tuple[str, ...] = ()
+    cities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One federated training job."""
 
@@ -100,6 +118,7 @@ class JobSpec:
     target: TargetSpec = field(default_factory=TargetSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    match: MatchSpec = field(default_factory=MatchSpec)
     rounds: int = 5
     seed: int = 0
     test_fraction: float = 0.2
@@ -144,6 +163,7 @@ class JobSpec:
             "target": TargetSpec,
             "model": ModelSpec,
             "privacy": PrivacySpec,
+            "match": MatchSpec,
         }
         for key, section_cls in sections.items():
             if key in data:

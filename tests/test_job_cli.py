@@ -214,6 +214,37 @@ def test_validate_accepts_demo_datasets(
     assert sum(d["rows"] for d in report["datasets"].values()) == ROWS
 
 
+def test_resolve_match_by_code_and_columns(
+    capsys, network: Path, datasets: dict[str, str], specs: Path
+) -> None:
+    spec = specs / "match-1.toml"
+    spec.write_text(
+        'job_id = "match-1"\nmin_nodes = 3\n\n[match]\ncode = "04.5"\n'
+        'columns = ["arr_delay", "carrier"]\n'
+    )
+    resolved = specs / "match-1-resolved.toml"
+
+    code, _, err = run_cli(
+        capsys,
+        "job",
+        "resolve",
+        str(spec),
+        "--network",
+        str(network),
+        "--out",
+        str(resolved),
+    )
+
+    assert code == 0, err
+    assert JobSpec.from_toml(resolved).datasets == datasets
+    spec.write_text(spec.read_text().replace('"carrier"', '"carrier", "no_such"'))
+    code, _, err = run_cli(
+        capsys, "job", "resolve", str(spec), "--network", str(network)
+    )
+    assert code == 1
+    assert "no city has a dataset under code '04.5' with columns" in err
+
+
 def test_validate_lists_every_problem(
     capsys, network: Path, datasets: dict[str, str], specs: Path
 ) -> None:

@@ -70,6 +70,33 @@ def _load_spec(path: Path) -> Any:
 
 
 @app.command()
+def resolve(
+    spec_path: SpecArgument,
+    network: NetworkOption,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the resolved spec here instead of printing it."),
+    ] = None,
+) -> None:
+    """Resolve a spec's [match] section to one catalog id per city.
+
+    The resolved spec names its datasets, so each city's operator approves exactly
+    what will run (`citymesh job approve RESOLVED --home NODE_HOME`).
+    """
+    from citymesh.job_files import atomic_write_bytes
+    from citymesh.job_run import resolve_datasets, resolved_spec_text
+    from citymesh.network import Network
+
+    spec = resolve_datasets(Network.open(network), _load_spec(spec_path))
+    text = resolved_spec_text(spec_path.read_text(), spec)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_bytes(out, text.encode())
+    typer.echo(f"resolved spec written to {out}: {sorted(spec.datasets.items())!r}")
+
+
+@app.command()
 def validate(
     spec_path: SpecArgument,
     network: NetworkOption,
