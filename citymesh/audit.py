@@ -3,7 +3,9 @@
 For each active city node in the on-chain registry, the regulator downloads the
 node's log as a segment file (entries, inclusion proofs and anchor copies), keeps it,
 and verifies it against the anchors the chain holds for the node's account. The kept
-files can be verified again later, offline or against the chain.
+files can be verified again later against the chain (``verify_bundle_on_chain``).
+Offline, a file can only be checked for internal consistency, which a forger can
+satisfy by recomputing the hashes and roots of invented entries.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from citymesh.errors import CitymeshError
-from citymesh.ledger.audit import NodeVerdict, verify_segment
+from citymesh.errors import CitymeshError, InvalidInput, NotFound
+from citymesh.ledger.audit import NodeVerdict, verify_node, verify_segment
+from citymesh.ledger.segment import Segment, read_segment
 
 logger = logging.getLogger("citymesh.audit")
 
-__all__ = ["audit_nodes", "verdict_dict"]
+__all__ = [
+    "audit_nodes",
+    "city_nodes",
+    "verdict_dict",
+    "verify_bundle_on_chain",
+]
 
 ROLE_CITY_NODE = 1
 
@@ -55,10 +63,7 @@ def audit_nodes(
     """
     from citymesh.node.client import NodeClient
 
-    records = [r for r in chain.nodes() if r.role == ROLE_CITY_NODE and r.active]
-    if cities is not None:
-        wanted = set(cities)
-        records = [r for r in records if r.city in wanted]
+    records = city_nodes(chain, cities)
     if bundle_dir is None:
         import tempfile
 
@@ -87,6 +92,157 @@ def audit_nodes(
             }
     ok = bool(per_city) and all(v["ok"] for v in per_city.values())
     return {"ok": ok, "per_city": per_city}
+
+
+def city_nodes(chain: Any, cities: Iterable[str] | None = None) -> list[Any]:
+    """Return the active city nodes of the chain's registry, only ``cities`` if given.
+
+    Raises NotFound naming the first requested city without an active city node,
+    with the registered ones, so a misspelt city is not audited as "nothing found".
+    """
+    city_records = [r for r in chain.nodes() if r.role == ROLE_CITY_NODE]
+    active = [r for r in city_records if r.active]
+    if cities is None:
+        return active
+    wanted = list(dict.fromkeys(cities))
+    active_cities = {r.city for r in active}
+    revoked_cities = {r.city for r in city_records if not r.active}
+    registered = ", ".join(sorted(active_cities)) or "none"
+    for city in wanted:
+        if city in active_cities:
+            continue
+        if city in revoked_cities:
+            raise NotFound(
+                f"the city node named {city!r} is revoked; active city nodes: "
+                f"{registered}"
+            )
+        raise NotFound(
+            f"no registered city node is named {city!r}; registered city nodes: "
+            f"{registered}"
+        )
+    return [r for r in active if r.city in set(wanted)]
+
+
+def _failed(reason: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "events": 0,
+        "anchored": 0,
+        "first_bad_seq": None,
+        "reason": reason,
+    } | extra
+
+
+def verify_bundle_on_chain(
+    path: Path,
+    chain: Any,
+    *,
+    from_seq: int = 1,
+    allow_unanchored: bool = False,
+) -> dict[str, Any]:
+    """Verify a segment file against the chain; return a verdict dict.
+
+    Beyond the checks of ``verify_node`` against the chain's anchors, the segment's
+    node must be a registered city node, the segment must start at or before
+    ``from_seq``, and it must contain every entry up to the node's last anchored seq.
+    Entries after that seq are only hash-chained, not proven, so they fail the
+    verdict unless ``allow_unanchored``. The dict has the keys of ``verdict_dict``
+    plus ``node``, ``city``, ``revoked`` and ``unanchored`` (a count).
+    Chain errors (unreachable, wrong chain id) are raised, not turned into verdicts.
+    """
+    segment, error = read_segment(path)
+    if error is not None:
+        return verdict_dict(verify_segment(path))
+    record, problem = _registered_city_node(chain, segment.node)
+    if record is None:
+        return _failed(problem, node=segment.node)
+    about = {
+        "node": record.account,
+        "city": record.city,
+        "revoked": not record.active,
+        "unanchored": 0,
+    }
+    revoked_note = "; the node is revoked on chain" if not record.active else ""
+    if segment.from_seq > from_seq:
+        return _failed(
+            f"the segment starts at seq {segment.from_seq}, so entries "
+            f"{from_seq}..{segment.from_seq - 1} are missing; pass --from-seq "
+            f"{segment.from_seq} to audit only the later part of the log"
+            + revoked_note,
+            **about,
+        )
+    last_anchored = chain.last_anchored_seq(record.account)
+    if segment.to_seq < last_anchored:
+        first_missing = max(segment.to_seq + 1, segment.from_seq)
+        return _failed(
+            f"the segment ends at seq {segment.to_seq} but the chain has anchors up "
+            f"to seq {last_anchored}, so entries {first_missing}..{last_anchored} "
+            f"are missing" + revoked_note,
+            **about,
+        )
+    verdict = verify_node(segment, chain.anchors(record.account))
+    result = verdict_dict(verdict) | about
+    if not verdict.ok:
+        result["reason"] += revoked_note
+        return result
+    return _check_anchored_part(result, segment, last_anchored, allow_unanchored)
+
+
+def _registered_city_node(chain: Any, account: str) -> tuple[Any, str]:
+    try:
+        record = chain.node(account)
+    except NotFound:
+        return None, (
+            f"the segment's node {account!r} is not registered on chain, so its "
+            f"entries cannot be the log of a city node"
+        )
+    except InvalidInput:
+        return None, (
+            f"the segment's node {account!r} is not an account address, so it "
+            f"names no registered node"
+        )
+    if record.role != ROLE_CITY_NODE:
+        return None, (
+            f"the segment's node {account!r} is registered with role {record.role}, "
+            f"not as a city node (role {ROLE_CITY_NODE})"
+        )
+    return record, ""
+
+
+def _check_anchored_part(
+    result: dict[str, Any],
+    segment: Segment,
+    last_anchored: int,
+    allow_unanchored: bool,
+) -> dict[str, Any]:
+    anchored_to = min(segment.to_seq, last_anchored)
+    expected_anchored = max(0, anchored_to - segment.from_seq + 1)
+    if result["anchored"] != expected_anchored:
+        result["ok"] = False
+        result["reason"] = (
+            f"only {result['anchored']} of the {expected_anchored} entries up to the "
+            f"last anchored seq {last_anchored} are proven under an anchor"
+        )
+        return result
+    first_unanchored = max(last_anchored + 1, segment.from_seq)
+    unanchored = max(0, segment.to_seq - first_unanchored + 1)
+    result["unanchored"] = unanchored
+    if result["revoked"]:
+        result["reason"] += "; the node is revoked on chain"
+    if unanchored == 0:
+        return result
+    span = f"entries {first_unanchored}..{segment.to_seq}"
+    if allow_unanchored:
+        result["reason"] += (
+            f"; {span} are not yet anchored, so only their hash chain was checked"
+        )
+        return result
+    result["ok"] = False
+    result["reason"] = (
+        f"{span} are not yet anchored on chain, so nothing proves they are the "
+        f"node's; pass --allow-unanchored to accept them, or wait for the next anchor"
+    )
+    return result
 
 
 def grade_policy(grades: dict[str, str] | None = None) -> Any:

@@ -8,6 +8,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from citymesh import __version__
 from citymesh.errors import CitymeshError
@@ -76,7 +77,9 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except CitymeshError as error:
-        err_console.print(f"[red]error:[/red] {error}")
+        # The message is plain text: brackets in it, such as a TOML "[datasets]",
+        # must not be read as rich markup, and a long line must stay one line.
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         err_console.print("aborted")

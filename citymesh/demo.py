@@ -276,6 +276,7 @@ def _train(
             f"(AUC {result.final_auc!r}); see the logs in {network.workdir / 'logs'}"
         )
     baseline = train_centralized(spec, datasets)
+    _log_baseline_reads(network, spec, found)
     console.print(
         f"      centralized baseline: AUC {baseline.auc:.4f}, "
         f"accuracy {baseline.accuracy:.4f}"
@@ -314,6 +315,35 @@ def _train(
         "model_hash": network.model_hash(network.workdir / "job"),
         "seconds": result.seconds,
     }
+
+
+def _log_baseline_reads(
+    network: Network, spec: Any, found: dict[str, dict[str, Any]]
+) -> None:
+    """Log, at each node, that the centralized baseline read the city's whole dataset.
+
+    The baseline is the comparison a real network would not run: it trains on the
+    union of the cities' rows in one process. Its reads are uses of data like any
+    other, so they go into the usage logs and the audit covers them.
+    """
+    from citymesh.ledger.events import UsageEvent
+    from citymesh.ledger.log import UsageLog
+
+    for city, entry in found.items():
+        UsageLog(network.usage_path(city)).append(
+            UsageEvent(
+                kind="exchange",
+                dataset_id=entry["id"],
+                provider=city,
+                consumer=network.scientist_account,
+                purpose="centralized baseline",
+                rows=entry["rows"],
+                job_id=spec.id,
+                detail={
+                    "reason": "whole dataset read to train the centralized baseline"
+                },
+            )
+        )
 
 
 def _anchor(network: Network) -> dict[str, Any]:

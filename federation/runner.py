@@ -136,10 +136,10 @@ def run_job(
     recorded in those events (default: the spec's ``datasets``).
     contributions is "none", "size", "loo" (size and leave-one-out) or "shapley"
     (size, leave-one-out and Shapley values). Leave-one-out and Shapley retrain
-    the job on subsets of cities in the same mode, and log no usage events in
-    process mode. "gtg" (size and GTG-Shapley) needs no retraining: the
-    ServerApp rebuilds coalition models from the rounds' updates and the cities
-    score them. "loo+gtg" adds leave-one-out.
+    the job on subsets of cities in the same mode; in process mode the cities log
+    those rounds under the job id ``<job>-subset-<cities>``. "gtg" (size and
+    GTG-Shapley) needs no retraining: the ServerApp rebuilds coalition models from
+    the rounds' updates and the cities score them. "loo+gtg" adds leave-one-out.
     approvals maps a city to its node's approval file. The city's ClientApp then
     runs the job only if its operator approved this spec and code.
     """
@@ -181,7 +181,9 @@ def run_job(
             )
 
             def retrain(subset: dict[str, Path]) -> float:
-                return _retrain_inprocess(spec, subset, max_update_norm)
+                return _retrain_inprocess(
+                    spec, subset, max_update_norm, usage_logs or {}, dataset_ids or {}
+                )
 
         else:
             if federation is None:
@@ -244,19 +246,33 @@ def _subset_spec(
 
 
 def _retrain_inprocess(
-    spec: JobSpec, datasets: dict[str, Path], max_update_norm: float | None
+    spec: JobSpec,
+    datasets: dict[str, Path],
+    max_update_norm: float | None,
+    usage_logs: dict[str, Path],
+    dataset_ids: dict[str, str],
 ) -> float:
-    """Train the job on a subset of cities and return its final pooled AUC."""
+    """Train the job on a subset of cities and return its final pooled AUC.
+
+    The subset run uses the cities' data, so each city's node logs its rounds under
+    the job id ``<job>-subset-<cities>``, which ties them to the scored job.
+    """
     subset_spec = JobSpec.from_dict(
-        {**spec.to_dict(), "min_nodes": min(spec.min_nodes, len(datasets))}
+        {
+            **spec.to_dict(),
+            "job_id": f"{spec.id}-subset-{'-'.join(sorted(datasets))}",
+            "min_nodes": min(spec.min_nodes, len(datasets)),
+        }
     )
     with _output_dir(None) as directory:
         _run_inprocess(
             subset_spec,
             datasets,
             directory,
-            usage_logs={},
-            dataset_ids={},
+            usage_logs={c: p for c, p in usage_logs.items() if c in datasets},
+            dataset_ids={
+                c: dataset_ids.get(c, spec.datasets.get(c, "")) for c in datasets
+            },
             on_round=None,
             on_metrics=None,
             max_update_norm=max_update_norm,

@@ -7,7 +7,8 @@ Endpoints and their authentication:
 - GET  /catalog/search         none, or signed (required when
                                require_signed_catalog is set)
 - GET  /catalog/datasets/{id}  same as search
-- GET  /catalog/federated      none; searches the peers with this node's signature
+- GET  /catalog/federated      same as search; searches the peers with this
+                               node's signature and names the caller to them
 - GET  /catalog/dcat           none; DCAT-AP 3 JSON-LD of the catalog
 - GET  /catalog/datasets/{id}/lineage   none
 - POST /catalog/ingest         operator token; the body is the file
@@ -59,7 +60,14 @@ from citymesh.node.context import NodeContext
 from citymesh.node.exchange import ARROW_STREAM_MEDIA_TYPE
 from citymesh.node.federated import DEFAULT_DEADLINE_S, federated_search_async
 from citymesh.node.settings import NodeSettings
-from citymesh.node.signing import SIGNED_HEADERS, SignerInfo, SignerResolver
+from citymesh.node.signing import (
+    NODE_ACCOUNT_HEADER,
+    SIGNED_HEADERS,
+    RequestTooLarge,
+    SignerInfo,
+    SignerResolver,
+    WrongTarget,
+)
 from citymesh.node.usage import ANONYMOUS
 
 log = logging.getLogger("citymesh.node")
@@ -73,6 +81,7 @@ ROLE_CITY_NODE = 1
 ROLE_HUB = 2
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (FileTooLarge, 413),
+    (RequestTooLarge, 413),
     (DuplicateDataset, 409),
     (InvalidInput, 400),
     (NotFound, 404),
@@ -130,18 +139,32 @@ def create_app(
         status = error_status(error)
         if status >= 500:
             log.error("request failed: %s", error)
+        headers = None
+        if isinstance(error, WrongTarget):
+            headers = {NODE_ACCOUNT_HEADER: context.identity.account}
         return JSONResponse(
-            {"error": type(error).__name__, "detail": str(error)}, status_code=status
+            {"error": type(error).__name__, "detail": str(error)},
+            status_code=status,
+            headers=headers,
         )
 
     async def signed(request: Request) -> SignerInfo:
-        body = await request.body()
+        # The headers are checked before the body is read, so an unsigned or
+        # stale request, or one from an unknown signer, costs no body memory.
+        method = request.method
+        target = request_target(request)
+        checked = await run_in_threadpool(
+            context.verifier.check_headers, method, target, dict(request.headers)
+        )
+        try:
+            body = await _read_body(request, settings.max_request_bytes)
+        except RequestTooLarge:
+            context.verifier.rejections.record(
+                checked.account, "request too large", f"{method} {request.url.path}"
+            )
+            raise
         return await run_in_threadpool(
-            context.verifier.verify,
-            request.method,
-            request_target(request),
-            dict(request.headers),
-            body,
+            context.verifier.check_body, checked, method, target, body
         )
 
     async def maybe_signed(request: Request) -> str:
@@ -167,8 +190,11 @@ def create_app(
         }
 
     @app.get("/identity")
-    async def identity() -> dict[str, Any]:
-        return context.identity_info()
+    async def identity() -> JSONResponse:
+        return JSONResponse(
+            context.identity_info(),
+            headers={NODE_ACCOUNT_HEADER: context.identity.account},
+        )
 
     @app.get("/catalog/search")
     async def search(
@@ -181,7 +207,17 @@ def create_app(
         local_code: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        on_behalf_of: str | None = Query(
+            None,
+            description="Account of the original caller, set by a node that "
+            "forwards a federated search; needs a signed request.",
+        ),
     ) -> dict[str, Any]:
+        if on_behalf_of is not None and consumer == ANONYMOUS:
+            raise InvalidInput(
+                "on_behalf_of needs a signed request: only a node that forwards "
+                "a federated search may name the original caller"
+            )
         query = SearchQuery(
             code_prefix=code,
             keyword=q,
@@ -192,11 +228,12 @@ def create_app(
             limit=limit,
             offset=offset,
         )
-        page = await run_in_threadpool(context.search, query, consumer)
+        page = await run_in_threadpool(context.search, query, consumer, on_behalf_of)
         return {**page.public(), "code_list": shared_codes().info()}
 
     @app.get("/catalog/federated")
     async def federated(
+        consumer: Annotated[str, Depends(maybe_signed)],
         code: str | None = None,
         q: str | None = None,
         city: str | None = None,
@@ -218,6 +255,7 @@ def create_app(
             offset=offset,
             deadline_s=deadline_s,
             signer=context.identity,
+            on_behalf_of=consumer,
         )
         return result.to_json()
 
@@ -383,6 +421,35 @@ def create_app(
         return approval.model_dump()
 
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body of a signed request, raising RequestTooLarge past ``limit``.
+
+    The body is kept on the request, so ``request.body()`` returns it later.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(
+            f"request body of {declared} bytes is over the limit of {limit} "
+            "bytes for signed requests; send less or raise the node's "
+            "max_request_bytes"
+        )
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise RequestTooLarge(
+                f"request body is over the limit of {limit} bytes for signed "
+                "requests; send less or raise the node's max_request_bytes"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # Starlette's Request.body() returns _body when it is set; the stream
+    # cannot be read twice.
+    request._body = body
+    return body
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

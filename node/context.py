@@ -75,6 +75,10 @@ class NodeContext:
             resolve_signer,
             window_s=settings.signature_window_s,
             cache_s=settings.signer_cache_s,
+            negative_cache_s=settings.signer_negative_cache_s,
+            cache_max=settings.signer_cache_max,
+            node_account=self.identity.account,
+            nonce_path=settings.nonce_path,
         )
         from citymesh.node.exchange import ExchangeService
 
@@ -111,6 +115,7 @@ class NodeContext:
         self._stop.set()
         if self._anchor_thread is not None:
             self._anchor_thread.join(timeout=30)
+        self.verifier.close()
         self.store.close()
 
     def check_operator(self, token: str | None) -> None:
@@ -168,10 +173,14 @@ class NodeContext:
         )
         return entry
 
-    def search(self, query: SearchQuery, consumer: str) -> SearchPage:
+    def search(
+        self, query: SearchQuery, consumer: str, on_behalf_of: str | None = None
+    ) -> SearchPage:
         """Search the catalog; log a query event when the page is not empty.
 
         A local code given as the code prefix is translated to its shared code.
+        ``on_behalf_of`` is the original caller of a federated search that the
+        signed ``consumer`` forwards; the event detail records it.
         """
         if self.mapping is not None and query.code_prefix in self.mapping.resolved:
             query.code_prefix = self.mapping.to_shared(query.code_prefix)
@@ -182,11 +191,7 @@ class NodeContext:
                 ",".join(item.id for item in page.items),
                 consumer,
                 "catalog-search",
-                detail={
-                    "query": _query_detail(query),
-                    "returned": len(page.items),
-                    "total": page.total,
-                },
+                detail=_search_detail(query, page, on_behalf_of),
             )
         return page
 
@@ -342,6 +347,19 @@ class NodeContext:
                 self.identity.account, from_seq, last, entries, proofs, anchors
             )
         )
+
+
+def _search_detail(
+    query: SearchQuery, page: SearchPage, on_behalf_of: str | None
+) -> dict[str, Any]:
+    detail = {
+        "query": _query_detail(query),
+        "returned": len(page.items),
+        "total": page.total,
+    }
+    if on_behalf_of is not None:
+        detail["on_behalf_of"] = on_behalf_of
+    return detail
 
 
 def _query_detail(query: SearchQuery) -> dict[str, Any]:

@@ -133,8 +133,13 @@ async def federated_search_async(
     offset: int = 0,
     deadline_s: float = DEFAULT_DEADLINE_S,
     signer: Signer | None = None,
+    on_behalf_of: str | None = None,
 ) -> FederatedResult:
-    """Search ``peers`` concurrently within ``deadline_s`` and merge the results."""
+    """Search ``peers`` concurrently within ``deadline_s`` and merge the results.
+
+    ``on_behalf_of`` names the original caller to the peers, which record it
+    in their query events; it needs a ``signer``.
+    """
     params = {
         "code": code,
         "q": keyword,
@@ -143,6 +148,7 @@ async def federated_search_async(
         "tier": tier,
         "limit": min(offset + limit, 1000),
         "offset": 0,
+        "on_behalf_of": on_behalf_of if signer is not None else None,
     }
     params = {key: value for key, value in params.items() if value is not None}
     auth = SignedRequestAuth(signer) if signer is not None else None

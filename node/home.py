@@ -35,15 +35,27 @@ def init_home(
     The home contains node.toml, keys/ and data/. The keys folder contains the
     Ed25519 signing key, the ledger account key, the operator token and the
     de-identification secret, each with mode 0600. The node creates node.db
-    and usage.db when it first opens them. Raises InvalidInput if ``home``
-    already contains a node.toml, so existing keys are never overwritten.
+    and usage.db when it first opens them. Raises InvalidInput if ``port`` is
+    outside 1..65535, if ``home`` already contains a node.toml, so existing
+    keys are never overwritten, or if ``home`` is a file or a non-empty folder.
     """
     home = Path(home).resolve()
     check_city(city)
+    check_port(port)
     if (home / CONFIG_FILE).exists():
         raise InvalidInput(
             f"{str(home / CONFIG_FILE)!r} already exists: this folder is a node "
             "home already; pick another folder or remove it first"
+        )
+    if home.exists() and not home.is_dir():
+        raise InvalidInput(
+            f"{str(home)!r} is a file, not a folder: pick a new or empty folder "
+            "for the node home"
+        )
+    if home.is_dir() and any(home.iterdir()):
+        raise InvalidInput(
+            f"{str(home)!r} is not empty and is not a node home: pick a new or "
+            "empty folder for the node home"
         )
     home.mkdir(parents=True, exist_ok=True)
     (home / "data").mkdir(exist_ok=True)
@@ -69,3 +81,9 @@ def init_home(
         "node home created at %s for city %s, account %s", home, city, identity.account
     )
     return NodeSettings(home=home)
+
+
+def check_port(port: int) -> None:
+    """Raise InvalidInput unless ``port`` is a TCP port number (1..65535)."""
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"invalid port {port!r}: use a TCP port in 1..65535")

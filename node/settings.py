@@ -7,15 +7,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+from citymesh.errors import InvalidInput, NotFound
+
 CONFIG_FILE = "node.toml"
 DEFAULT_MAX_INGEST_BYTES = 2 * 1024**3
+DEFAULT_MAX_REQUEST_BYTES = 1024**2
 
 
 class NodeSettings(BaseSettings):
@@ -30,7 +33,7 @@ class NodeSettings(BaseSettings):
     home: Path
     city: str
     host: str = "127.0.0.1"
-    port: int = 8700
+    port: int = Field(default=8700, ge=1, le=65535, description="TCP port, 1..65535.")
     endpoint: str = Field(
         default="", description="Base URL peers use to reach this node."
     )
@@ -41,13 +44,26 @@ class NodeSettings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite node.db in home."
     )
     max_ingest_bytes: int = DEFAULT_MAX_INGEST_BYTES
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        ge=1,
+        description="Maximum body of a signed request, in bytes; ingest has its own.",
+    )
     signature_window_s: float = Field(
         default=300.0,
         description="Accepted clock difference of a signed request, in seconds.",
     )
     signer_cache_s: float = Field(
         default=10.0,
-        description="How long a resolved signer is reused before asking again.",
+        description="Seconds a resolved signer is reused before asking again.",
+    )
+    signer_negative_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds an unknown signer is remembered before asking again.",
+    )
+    signer_cache_max: int = Field(
+        default=10_000, ge=1, description="Maximum number of accounts cached."
     )
     require_signed_catalog: bool = False
     auto_anchor: bool = Field(
@@ -95,6 +111,11 @@ class NodeSettings(BaseSettings):
         return self.home / "keys"
 
     @property
+    def nonce_path(self) -> Path:
+        """Return the SQLite file of the signed-request nonces seen recently."""
+        return self.home / "nonces.db"
+
+    @property
     def usage_path(self) -> Path:
         return self.home / "usage.db"
 
@@ -135,8 +156,25 @@ class _HomeTomlSource(PydanticBaseSettingsSource):
 
 
 def load_settings(home: Path, **overrides: Any) -> NodeSettings:
-    """Load the settings of the node at ``home``."""
-    return NodeSettings(home=Path(home), **overrides)
+    """Load the settings of the node at ``home``.
+
+    Raises NotFound when ``home`` has no node.toml and neither ``overrides``
+    nor CITYMESH_CITY give the city.
+    """
+    home = Path(home)
+    configured = (home / CONFIG_FILE).is_file()
+    if not configured and "city" not in overrides and "CITYMESH_CITY" not in os.environ:
+        raise NotFound(
+            f"no node home at {str(home)!r}: {CONFIG_FILE} is missing; run "
+            "`citymesh node init --home <folder> --city <city>` first"
+        )
+    try:
+        return NodeSettings(home=home, **overrides)
+    except ValidationError as error:
+        raise InvalidInput(
+            f"invalid settings of the node at {str(home)!r}: {error}; fix "
+            f"{CONFIG_FILE} or the CITYMESH_* variables"
+        ) from None
 
 
 def toml_text(values: dict[str, Any]) -> str:

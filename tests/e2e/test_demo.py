@@ -14,6 +14,12 @@ pytestmark = pytest.mark.slow
 
 ROWS = 20_000
 BUDGET = 1_000_000
+ROUNDS = 5
+# Each city's log: ingest, one catalog query, the job's approval, the job's rounds,
+# the rounds of the two leave-one-out subsets the city belongs to, and the read of
+# its dataset by the centralized baseline.
+JOB_ROUNDS_PER_CITY = ROUNDS + 2 * ROUNDS
+EVENTS_PER_CITY = 3 + JOB_ROUNDS_PER_CITY + 1
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,7 @@ def demo_run(tmp_path_factory):
             "--rows",
             str(ROWS),
             "--rounds",
-            "5",
+            str(ROUNDS),
             "--budget",
             str(BUDGET),
             "--workdir",
@@ -58,7 +64,7 @@ def test_demo_finds_three_datasets_by_code(demo_run):
 def test_demo_federated_auc_near_centralized(demo_run):
     _, report, _ = demo_run
     federation = report["federation"]
-    assert len(federation["rounds"]) == 5
+    assert len(federation["rounds"]) == ROUNDS
     assert federation["final_auc"] > 0.62
     assert federation["centralized_auc"] > 0.62
     assert abs(federation["centralized_auc"] - federation["final_auc"]) < 0.03
@@ -69,10 +75,9 @@ def test_demo_every_event_anchored_and_verified(demo_run):
     for city, verdict in report["audit"]["per_city"].items():
         ledger = report["ledger"]["per_city"][city]
         assert verdict["ok"], verdict["reason"]
-        # ingest, one catalog query, the operator's approval, five training rounds
-        assert ledger["head"] == 8
-        assert ledger["anchored_events"] == 8
-        assert verdict["anchored"] == 8
+        assert ledger["head"] == EVENTS_PER_CITY
+        assert ledger["anchored_events"] == EVENTS_PER_CITY
+        assert verdict["anchored"] == EVENTS_PER_CITY
 
 
 def test_demo_credits_sum_to_settled_budget(demo_run):
@@ -105,7 +110,7 @@ def test_demo_bundles_verify_offline(demo_run):
     bundles = sorted(str(p) for p in (workdir / "audit").glob("*.jsonl"))
     assert [Path(b).name for b in bundles] == ["EWR.jsonl", "JFK.jsonl", "LGA.jsonl"]
 
-    result = _cli("audit", "verify-bundle", *bundles, "--format", "json")
+    result = _cli("audit", "verify-bundle", *bundles, "--offline", "--format", "json")
 
     assert result.returncode == 0, result.stderr
     verdicts = json.loads(result.stdout)["per_city"]
@@ -118,7 +123,7 @@ def test_demo_bundle_byte_change_detected(demo_run, tmp_path):
     changed = tmp_path / "LGA.jsonl"
     changed.write_bytes(original.replace(b'"purpose":"', b'"purpose":"x', 1))
 
-    result = _cli("audit", "verify-bundle", str(changed))
+    result = _cli("audit", "verify-bundle", str(changed), "--offline")
 
     assert result.returncode == 1
     assert "FAIL" in result.stdout
@@ -129,14 +134,21 @@ def test_demo_usage_report_counts_rounds(demo_run):
     bundles = sorted(str(p) for p in (workdir / "audit").glob("*.jsonl"))
 
     result = _cli(
-        "audit", "report", *bundles, "--kind", "train_round", "--format", "json"
+        "audit",
+        "report",
+        *bundles,
+        "--offline",
+        "--kind",
+        "train_round",
+        "--format",
+        "json",
     )
 
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
     assert sorted(row["city"] for row in rows) == ["EWR", "JFK", "LGA"]
     for row in rows:
-        assert row["events"] == 5
+        assert row["events"] == JOB_ROUNDS_PER_CITY
         assert row["violations"] == 0
         assert row["dataset_id"] == report["discovered"][row["city"]]["id"]
 
@@ -188,6 +200,10 @@ def test_demo_tampered_event_fails_audit(demo_run):
 
     assert command.returncode == 1
     lines = command.stdout.splitlines()
-    assert lines[0].startswith("EWR: pass: 8 events, 8 anchored")
+    assert lines[0].startswith(
+        f"EWR: pass: {EVENTS_PER_CITY} events, {EVENTS_PER_CITY} anchored"
+    )
     assert lines[1].startswith("JFK: FAIL")
-    assert lines[2].startswith("LGA: pass: 8 events, 8 anchored")
+    assert lines[2].startswith(
+        f"LGA: pass: {EVENTS_PER_CITY} events, {EVENTS_PER_CITY} anchored"
+    )

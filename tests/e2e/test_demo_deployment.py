@@ -44,7 +44,8 @@ def test_demo_deployment_mode_end_to_end(tmp_path):
     assert federation["final_auc"] > 0.6
     assert report["audit"]["ok"]
     for city, ledger in report["ledger"]["per_city"].items():
-        # ingest, one catalog query, the job's approval, one event per round
-        assert ledger["head"] == 3 + ROUNDS, city
-        assert ledger["anchored_events"] == 3 + ROUNDS, city
+        # ingest, one catalog query, the job's approval, one event per round and
+        # the centralized baseline's read
+        assert ledger["head"] == 4 + ROUNDS, city
+        assert ledger["anchored_events"] == 4 + ROUNDS, city
     assert report["settlement"]["total"] == report["options"]["budget"]
