@@ -7,13 +7,20 @@ data themes (``dcat:theme``), its COFOG code as a ``skos:Concept`` in
 
 ``check_dcat`` tests the mandatory properties of DCAT-AP 3.0 for the classes
 exported here: Catalog (dct:title, dct:description, dct:publisher), Dataset
-(dct:title, dct:description) and Distribution (dcat:accessURL).
-NOTE: this is not the full set of DCAT-AP SHACL shapes, which are not shipped
-with any package installed here.
+(dct:title, dct:description) and Distribution (dcat:accessURL). It needs only
+rdflib.
+
+``check_dcat_shapes`` validates the same document with pyshacl against
+``data/dcat-ap-3-mandatory.ttl``: SHACL shapes for those properties plus
+Agent (foaf:name) and Checksum (spdx:algorithm, spdx:checksumValue).
+NOTE: both checks cover the mandatory properties only. The official SEMIC
+DCAT-AP shapes also check recommended properties and vocabularies, and they
+are not shipped with any package installed here.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from citymesh.catalog.codes import CodeList, shared_codes
@@ -162,3 +169,36 @@ def check_dcat(document: dict[str, Any]) -> list[str]:
                 if graph.value(subject, URIRef(prop)) is None:
                     problems.append(f"{subject} ({class_iri}) lacks {prop}")
     return problems
+
+
+SHAPES_FILE = "dcat-ap-3-mandatory.ttl"
+
+
+def check_dcat_shapes(document: dict[str, Any]) -> list[str]:
+    """Validate ``document`` against the shipped DCAT-AP 3 SHACL shapes.
+
+    Returns one line per violation (focus node, property path, message), so an
+    empty list means the document conforms. Raises ModuleNotFoundError when
+    pyshacl is not installed: use ``check_dcat`` then.
+    """
+    import json
+
+    from pyshacl import validate
+    from rdflib import Graph
+    from rdflib.namespace import SH
+
+    data = Graph().parse(data=json.dumps(document), format="json-ld")
+    shapes_text = (
+        resources.files("citymesh.catalog") / "data" / SHAPES_FILE
+    ).read_text(encoding="utf-8")
+    shapes = Graph().parse(data=shapes_text, format="turtle")
+    conforms, report, _ = validate(data, shacl_graph=shapes, inference="none")
+    if conforms:
+        return []
+    problems = []
+    for result in report.subjects(SH.resultSeverity, SH.Violation):
+        focus = report.value(result, SH.focusNode)
+        path = report.value(result, SH.resultPath)
+        message = report.value(result, SH.resultMessage)
+        problems.append(f"{focus} {path}: {message}")
+    return sorted(problems)

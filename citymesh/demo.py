@@ -36,6 +36,7 @@ FLIGHTS_CODE = "04.5.4"  # COFOG 04.5.4: air transport
 SEARCH_CODE = "04.5"  # COFOG 04.5: transport, which holds 04.5.4
 ETHER = 10**18
 FEDERATION_MODES = ("inprocess", "deployment")
+MIN_ROWS = 30  # the same minimum as citymesh.flights.load_flights
 
 
 @dataclass
@@ -73,20 +74,83 @@ class StepTimer:
         self.console.print(f"      done in {seconds:.1f} s")
 
 
+def _check_workdir(options: DemoOptions) -> None:
+    """Raise InvalidInput unless ``options.workdir`` is unset, new or empty."""
+    if options.workdir is None:
+        return
+    folder = options.workdir.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInput(
+            f"--workdir {str(folder)!r} is a file, not a folder; pass a new or empty "
+            "folder"
+        )
+    if folder.exists() and any(folder.iterdir()):
+        raise InvalidInput(
+            f"work folder {str(folder)!r} is not empty; pass a new or empty folder "
+            "to --workdir"
+        )
+
+
 def _workdir(options: DemoOptions) -> Path:
     if options.workdir is not None:
         folder = options.workdir.resolve()
-        if folder.exists() and any(folder.iterdir()):
-            raise InvalidInput(
-                f"work folder {str(folder)!r} is not empty; pass a new or empty folder "
-                "to --workdir"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path("runs") / f"demo-{stamp}"
-    folder.mkdir(parents=True, exist_ok=False)
-    return folder.resolve()
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder = (Path("runs") / f"demo-{stamp}").resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=options.workdir is not None)
+    except OSError as error:
+        raise InvalidInput(
+            f"work folder {str(folder)!r} cannot be created: {error}"
+        ) from error
+    return folder
+
+
+def _check_options(options: DemoOptions) -> None:
+    """Raise InvalidInput on the first invalid option, before the demo creates
+    any file or process."""
+    from citymesh.federation.contributions import CONTRIBUTION_METHODS
+    from citymesh.federation.spec import (
+        CUSTOM_MODEL_KIND,
+        MODEL_KINDS,
+        check_model_class,
+    )
+
+    if options.rows is not None and options.rows < MIN_ROWS:
+        raise InvalidInput(
+            f"--rows must be at least {MIN_ROWS} so each city has data, "
+            f"got {options.rows!r}"
+        )
+    if options.rounds < 1:
+        raise InvalidInput(f"--rounds must be >= 1, got {options.rounds!r}")
+    if options.model not in MODEL_KINDS and not CUSTOM_MODEL_KIND.fullmatch(
+        options.model
+    ):
+        raise InvalidInput(
+            f"--model {options.model!r} is unknown; use {' or '.join(MODEL_KINDS)}, "
+            "or 'package.module:ClassName' for your own torch module"
+        )
+    check_model_class(options.model)
+    if options.federation not in FEDERATION_MODES:
+        raise InvalidInput(
+            f"--federation must be one of {FEDERATION_MODES!r}, "
+            f"got {options.federation!r}"
+        )
+    if (
+        options.contributions is not None
+        and options.contributions not in CONTRIBUTION_METHODS
+    ):
+        raise InvalidInput(
+            f"--contributions {options.contributions!r} is unknown; use one of "
+            f"{', '.join(CONTRIBUTION_METHODS)}"
+        )
+    if options.budget < 1:
+        raise InvalidInput(f"--budget must be >= 1 credit unit, got {options.budget!r}")
+    _check_workdir(options)
+    if options.report is not None and options.report.is_dir():
+        raise InvalidInput(
+            f"--report {str(options.report)!r} is a folder; give a file path"
+        )
 
 
 def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
@@ -95,15 +159,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     The report is also written as JSON to ``options.report`` when that is set.
     """
     console = console or Console()
-    if options.rounds < 1:
-        raise InvalidInput(f"--rounds must be >= 1, got {options.rounds!r}")
-    if options.federation not in FEDERATION_MODES:
-        raise InvalidInput(
-            f"--federation must be one of {FEDERATION_MODES!r}, "
-            f"got {options.federation!r}"
-        )
-    if options.budget < 1:
-        raise InvalidInput(f"--budget must be >= 1 credit unit, got {options.budget!r}")
+    _check_options(options)
     started = time.perf_counter()
     workdir = _workdir(options)
     timer = StepTimer(console, total=9)

@@ -31,16 +31,22 @@ job resolves it against each city's catalog before it starts.
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from citymesh.errors import InvalidInput
+from citymesh.job_files import JOB_ID_PATTERN
 
 MODEL_KINDS = ("logreg", "mlp")
 PRIVACY_MODES = ("none", "dp", "secagg")
+# A custom model kind is a dotted module path, a colon and a class name, so it
+# cannot name a file path.
+CUSTOM_MODEL_KIND = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class JobSpec:
         """Build a job spec from a plain mapping (parsed TOML or JSON)."""
         data = dict(data)
         _reject_unknown(data, cls, "job spec")
+        _check_types(data, cls, "job spec")
         sections = {
             "features": FeatureSpec,
             "target": TargetSpec,
@@ -169,7 +176,7 @@ class JobSpec:
             if key in data:
                 data[key] = _section(section_cls, data[key], key)
         if "datasets" in data:
-            data["datasets"] = {str(k): str(v) for k, v in data["datasets"].items()}
+            data["datasets"] = _string_table(data["datasets"], "datasets")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,6 +200,7 @@ def _section(section_cls: type, value: Any, name: str) -> Any:
         raise InvalidInput(f"job spec section [{name}] must be a table, got {value!r}")
     value = dict(value)
     _reject_unknown(value, section_cls, f"[{name}]")
+    _check_types(value, section_cls, f"[{name}]")
     for key, item in value.items():
         if isinstance(item, list):
             value[key] = tuple(item)
@@ -208,6 +216,64 @@ def _section(section_cls: type, value: Any, name: str) -> Any:
     return section_cls(**value)
 
 
+# The expected type of each scalar or list annotation in the spec dataclasses, as
+# (accepted Python types, name shown in messages). bool is rejected separately
+# because it is a subclass of int.
+_SCALAR_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "float | None": ((int, float, type(None)), "a number"),
+}
+_LIST_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "tuple[str, ...]": ((str,), "a list of strings"),
+    "tuple[int, ...]": ((int,), "a list of integers"),
+}
+
+
+def _check_types(data: dict[str, Any], cls: type, where: str) -> None:
+    """Raise InvalidInput naming the first key whose value has the wrong type.
+
+    Fields of other annotations (the sections and the tables) are checked where
+    they are converted.
+    """
+    annotations = {f.name: f.type for f in fields(cls)}
+    for key, value in data.items():
+        annotation = annotations[key]
+        if annotation in _SCALAR_TYPES:
+            accepted, expected = _SCALAR_TYPES[annotation]
+            if _is_instance(value, accepted):
+                continue
+        elif annotation in _LIST_TYPES:
+            accepted, expected = _LIST_TYPES[annotation]
+            if isinstance(value, list | tuple) and all(
+                _is_instance(item, accepted) for item in value
+            ):
+                continue
+        else:
+            continue
+        raise InvalidInput(
+            f"{where} key {key!r} must be {expected}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+
+
+def _is_instance(value: Any, accepted: tuple[type, ...]) -> bool:
+    return isinstance(value, accepted) and not isinstance(value, bool)
+
+
+def _string_table(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"job spec section [{name}] must be a table, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidInput(
+                f"[{name}] key {key!r} must be a string, got {item!r} "
+                f"({type(item).__name__})"
+            )
+    return {str(key): item for key, item in value.items()}
+
+
 def _reject_unknown(data: dict[str, Any], cls: type, where: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
@@ -217,7 +283,45 @@ def _reject_unknown(data: dict[str, Any], cls: type, where: str) -> None:
         )
 
 
+def check_model_class(kind: str) -> None:
+    """Import the module of a ``package.module:ClassName`` model kind and check it.
+
+    Raises InvalidInput unless the attribute is a torch.nn.Module subclass. The
+    built-in kinds pass unchecked. This runs the module's import-time code, so only
+    the data scientist's own commands call it, never a node reviewing a job.
+    """
+    if kind in MODEL_KINDS:
+        return
+    module_name, _, class_name = kind.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInput(
+            f"model kind {kind!r}: module {module_name!r} cannot be imported ({exc})"
+        ) from exc
+    model_class = getattr(module, class_name, None)
+    if model_class is None:
+        raise InvalidInput(
+            f"model kind {kind!r}: module {module_name!r} has no attribute "
+            f"{class_name!r}"
+        )
+    import torch.nn
+
+    if not (isinstance(model_class, type) and issubclass(model_class, torch.nn.Module)):
+        raise InvalidInput(
+            f"model kind {kind!r} is not a torch.nn.Module subclass; name a class "
+            "that subclasses torch.nn.Module"
+        )
+
+
 def _validate(spec: JobSpec) -> None:
+    # The job id, or the name when no id is given, names the job's folder.
+    for key, value in (("name", spec.name), ("job_id", spec.job_id)):
+        if value and not JOB_ID_PATTERN.fullmatch(value):
+            raise InvalidInput(
+                f"job spec {key} {value!r} is invalid: use 1 to 128 letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
     if spec.rounds < 1:
         raise InvalidInput(f"rounds must be at least 1, got {spec.rounds!r}")
     if not 0.0 < spec.test_fraction < 1.0:
@@ -236,7 +340,7 @@ def _validate(spec: JobSpec) -> None:
             f"round_timeout_s must be positive, got {spec.round_timeout_s!r}"
         )
     model = spec.model
-    if model.kind not in MODEL_KINDS and ":" not in model.kind:
+    if model.kind not in MODEL_KINDS and not CUSTOM_MODEL_KIND.fullmatch(model.kind):
         raise InvalidInput(
             f"model kind {model.kind!r} is unknown; use one of {MODEL_KINDS!r} "
             "or 'package.module:ClassName' for your own torch module"

@@ -446,8 +446,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     body = b"".join(chunks)
-    # Starlette's Request.body() returns _body when it is set; the stream
-    # cannot be read twice.
+    # Starlette's Request.body() (1.3.1) returns _body when it is set, and the
+    # stream cannot be read twice.
     request._body = body
     return body
 

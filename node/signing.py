@@ -287,7 +287,7 @@ class NonceStore:
 
 
 class RejectionLog:
-    """Logs rejected requests at WARNING, rate-limited per account and reason.
+    """WARNING log of rejected requests, rate-limited per account and reason.
 
     At most one line per (account, reason) is written every ``interval_s``
     seconds. The next line after a quiet spell gives the number of rejections
@@ -357,8 +357,8 @@ class CheckedHeaders:
 
 
 class RequestVerifier:
-    """Verifies signed requests: right node, signer registered and active, fresh,
-    unique and valid.
+    """Checker of signed requests: right node, signer registered and active,
+    fresh, unique and valid.
 
     ``node_account`` is the account of the node that verifies. When set, a
     request must name it in X-Citymesh-Target. ``nonce_path`` keeps the seen

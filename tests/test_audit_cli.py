@@ -109,10 +109,10 @@ def test_verify_bundle_honest_anchored_passes(network, north, tmp_path):
 def test_verify_bundle_unanchored_needs_flag(network, north, tmp_path):
     path = _export(north, tmp_path / "north.jsonl")
 
-    refused, verdicts = _verify_json(network, str(path))
+    rejected, verdicts = _verify_json(network, str(path))
     allowed, allowed_verdicts = _verify_json(network, str(path), "--allow-unanchored")
 
-    assert refused.returncode == 1
+    assert rejected.returncode == 1
     assert not verdicts[str(path)]["ok"]
     assert "entries 14..15 are not yet anchored" in verdicts[str(path)]["reason"]
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
@@ -160,10 +160,10 @@ def test_verify_bundle_empty_segment_fails(network, north, tmp_path):
 def test_verify_bundle_later_start_needs_from_seq(network, north, tmp_path):
     path = _export(north, tmp_path / "north.jsonl", from_seq=6, to_seq=ANCHORED)
 
-    refused, verdicts = _verify_json(network, str(path))
+    rejected, verdicts = _verify_json(network, str(path))
     allowed, allowed_verdicts = _verify_json(network, str(path), "--from-seq", "6")
 
-    assert refused.returncode == 1
+    assert rejected.returncode == 1
     assert "entries 1..5 are missing" in verdicts[str(path)]["reason"]
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert allowed_verdicts[str(path)]["events"] == ANCHORED - 5
@@ -235,11 +235,11 @@ def test_report_rejects_same_node_twice(network, north, tmp_path):
 def test_report_offline_needs_flag(north, tmp_path):
     path = _export(north, tmp_path / "north.jsonl", to_seq=ANCHORED)
 
-    refused = _cli("report", str(path))
+    rejected = _cli("report", str(path))
     allowed = _cli("report", str(path), "--offline")
 
-    assert refused.returncode == 1
-    assert "--chain-url" in refused.stderr
+    assert rejected.returncode == 1
+    assert "--chain-url" in rejected.stderr
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert allowed.stdout.splitlines()[0].startswith("warning: offline")
 

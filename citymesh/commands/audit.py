@@ -52,7 +52,7 @@ def _reader_chain(
 ) -> object | None:
     """Return a ChainClient for --chain-url, or None when --offline is given."""
     if chain_url is not None and offline:
-        raise InvalidInput("--chain-url and --offline exclude each other; pass one")
+        raise InvalidInput("pass either --chain-url or --offline, not both")
     if chain_url is None:
         if deployment is not None and not offline:
             raise InvalidInput("--deployment needs --chain-url, the chain's RPC URL")
@@ -253,8 +253,8 @@ def _iso_utc(unix_seconds: float) -> str:
 def _print_table(result: object, warning: str | None) -> None:
     """Print the report rows with ISO 8601 UTC times and ids in full.
 
-    On a terminal the rows form a rich table whose cells fold instead of being cut;
-    otherwise they are tab-separated lines, one per row, for other programs.
+    On a terminal, the rows form a rich table whose cells fold instead of being cut.
+    Otherwise they are tab-separated lines, one per row, for other programs.
     """
     from citymesh.ledger.report import REPORT_FIELDS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,22 @@ from rich.table import Table
 from citymesh.errors import InvalidInput, NotFound
 
 app = typer.Typer(no_args_is_help=True)
+
+# NOTE: typer 0.20.1 with click 8.5 drops typer.Argument(help=...) from --help
+# (click's Argument.__init__ now resets the help that TyperArgument set), so the
+# command docstrings describe the arguments.
+
+
+# The grades of the shared code list (catalog/data); a test checks this list.
+GRADES = (
+    "general",
+    "general.1",
+    "general.2",
+    "general.3",
+    "general.4",
+    "important",
+    "core",
+)
 
 
 @app.command()
@@ -28,22 +44,70 @@ def search(
         str | None, typer.Option(help="Word in title, description or keywords.")
     ] = None,
     city: Annotated[str | None, typer.Option(help="City id.")] = None,
-    grade: Annotated[str | None, typer.Option(help="Sensitivity grade.")] = None,
-    limit: Annotated[int, typer.Option(help="Results per node.")] = 50,
+    grade: Annotated[
+        str | None,
+        typer.Option(help=f"Sensitivity grade: {', '.join(GRADES)}."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Results per node.", min=1)] = 50,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Search one or more nodes' catalogs."""
-    from citymesh.node.client import NodeClient
+    """Search one or more nodes' catalogs.
+
+    A node that cannot be reached is reported on stderr, the other nodes'
+    results are still printed, and the command then exits 1.
+    """
+    from citymesh.commands.remote import NodeUnreachable, check_node_url
     from citymesh.node.identity import NodeIdentity
 
+    _check_format(output)
+    _check_grade(grade)
+    for url in node:
+        check_node_url(url)
     signer = NodeIdentity.load(keys)
     items = []
+    unreachable: list[str] = []
     for url in node:
-        with NodeClient(url, signer=signer) as client:
-            page = client.search(
-                code=code, keyword=keyword, city=city, grade=grade, limit=limit
-            )
+        try:
+            page = _search_node(url, signer, code, keyword, city, grade, limit)
+        except NodeUnreachable as error:
+            if len(node) == 1:
+                raise
+            typer.echo(f"error: {error}", err=True)
+            unreachable.append(url)
+            continue
         items.extend(page["items"])
+    _print_items(items, output)
+    if len(unreachable) == len(node):
+        raise NodeUnreachable(
+            f"none of the {len(node)} nodes could be searched "
+            f"({', '.join(unreachable)})"
+        )
+    if unreachable:
+        raise NodeUnreachable(
+            f"{len(unreachable)} of {len(node)} nodes could not be searched "
+            f"({', '.join(unreachable)}); the results above are from the others"
+        )
+
+
+def _search_node(
+    url: str,
+    signer: Any,
+    code: str | None,
+    keyword: str | None,
+    city: str | None,
+    grade: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    from citymesh.commands.remote import reaching_node
+    from citymesh.node.client import NodeClient
+
+    with reaching_node(url), NodeClient(url, signer=signer) as client:
+        return client.search(
+            code=code, keyword=keyword, city=city, grade=grade, limit=limit
+        )
+
+
+def _print_items(items: list[dict[str, Any]], output: str) -> None:
     if output == "json":
         typer.echo(json.dumps(items, indent=2))
         return
@@ -58,6 +122,13 @@ def search(
             )
         )
     Console().print(table)
+
+
+def _check_grade(grade: str | None) -> None:
+    if grade is not None and grade not in GRADES:
+        raise InvalidInput(
+            f"--grade {grade!r} is unknown; use one of {', '.join(GRADES)}"
+        )
 
 
 def _check_format(output: str) -> None:
@@ -89,7 +160,7 @@ def _print_suggestions(suggestions: list, console: Console) -> None:
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON lines file.")],
+    source: Annotated[Path, typer.Argument()],
     home: Annotated[Path, typer.Option(help="The node home made by `node init`.")],
     name: Annotated[
         str, typer.Option(help="Dataset name, unique in this node's catalog.")
@@ -101,7 +172,9 @@ def ingest(
             "omit it to list suggestions."
         ),
     ] = None,
-    grade: Annotated[str, typer.Option(help="Sensitivity grade.")] = "general",
+    grade: Annotated[
+        str, typer.Option(help=f"Sensitivity grade: {', '.join(GRADES)}.")
+    ] = "general",
     tier: Annotated[str, typer.Option(help="raw, thematic or topic.")] = "raw",
     title: Annotated[str, typer.Option(help="Title; default: the name.")] = "",
     description: Annotated[str, typer.Option(help="Free-text description.")] = "",
@@ -117,7 +190,8 @@ def ingest(
     ] = None,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Ingest a local file into the node's catalog and log an ingest event.
+    """Ingest SOURCE, a CSV, Parquet or JSON lines file, into the node's catalog
+    and log an ingest event.
 
     Without --code, prints the suggested codes for the file's title,
     description and columns and exits 1.
@@ -194,11 +268,12 @@ def _parse_schema(text: str | None) -> dict[str, str] | None:
 
 @app.command()
 def show(
-    dataset_id: Annotated[str, typer.Argument(help="Dataset id, e.g. ewr:flights.")],
+    dataset_id: Annotated[str, typer.Argument()],
     home: Annotated[Path, typer.Option(help="The node home made by `node init`.")],
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Show a catalog entry and its stored quality report."""
+    """Show the catalog entry DATASET_ID (e.g. ewr:flights) and its stored quality
+    report."""
     from citymesh.catalog.store import CatalogStore
     from citymesh.node.settings import load_settings
 
@@ -254,11 +329,12 @@ def _require_home(home: Path) -> None:
 
 @app.command("lineage")
 def show_lineage(
-    dataset_id: Annotated[str, typer.Argument(help="Dataset id, e.g. ewr:flights.")],
+    dataset_id: Annotated[str, typer.Argument()],
     home: Annotated[Path, typer.Option(help="The node home made by `node init`.")],
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Show the parents and children of a dataset with their transforms."""
+    """Show the parents and children of dataset DATASET_ID (e.g. ewr:flights) with
+    their transforms."""
     from citymesh.catalog.lineage import lineage, render_lineage
     from citymesh.catalog.store import CatalogStore
     from citymesh.node.settings import load_settings
@@ -278,9 +354,12 @@ def show_lineage(
 
 @app.command("map")
 def check_map(
-    mapping: Annotated[Path, typer.Argument(help="Local code mapping file (JSON).")],
+    mapping: Annotated[Path, typer.Argument()],
 ) -> None:
-    """Validate a local code mapping file; list every problem and exit 1 on any."""
+    """Validate MAPPING, a local code mapping file (JSON).
+
+    Lists every problem and exits 1 on any.
+    """
     from citymesh.catalog.mapping import InvalidMapping, load_mapping
 
     if not mapping.is_file():

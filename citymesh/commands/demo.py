@@ -12,11 +12,19 @@ def demo(
     rows: Annotated[
         int | None,
         typer.Option(
-            help="Random sample of N flights for a quick run; default all 336,776."
+            help="Random sample of N flights for a quick run, at least 30; "
+            "default all 336,776.",
+            show_default=False,
         ),
     ] = None,
     rounds: Annotated[int, typer.Option(help="Federated training rounds.")] = 5,
-    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model kind: logreg, mlp or package.module:ClassName of a "
+            "torch.nn.Module subclass."
+        ),
+    ] = "logreg",
     budget: Annotated[
         int, typer.Option(help="Credit units the job pays out.")
     ] = 1_000_000,
@@ -26,8 +34,9 @@ def demo(
     contributions: Annotated[
         str | None,
         typer.Option(
-            help="Contribution scores: size, loo, gtg, loo+gtg or shapley; default "
-            "loo+gtg in process, gtg in deployment."
+            help="Contribution scores: size, loo, gtg, loo+gtg, shapley or none; "
+            "default loo+gtg in process, gtg in deployment.",
+            show_default=False,
         ),
     ] = None,
     federation: Annotated[
@@ -39,7 +48,10 @@ def demo(
     ] = "inprocess",
     workdir: Annotated[
         Path | None,
-        typer.Option(help="Empty folder for state and logs; default runs/demo-<time>."),
+        typer.Option(
+            help="Empty folder for state and logs; default runs/demo-<time>.",
+            show_default=False,
+        ),
     ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Write the summary as JSON here.")

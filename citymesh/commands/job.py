@@ -21,6 +21,7 @@ from citymesh.errors import InvalidInput
 app = typer.Typer(no_args_is_help=True)
 
 FOLLOW_POLL_S = 0.5
+MAX_LISTED_IDS = 20
 
 
 class OutputFormat(StrEnum):
@@ -42,9 +43,11 @@ class ContributionMethod(StrEnum):
     loo_gtg = "loo+gtg"
 
 
-SpecArgument = Annotated[
-    Path, typer.Argument(help="Job spec (TOML).", show_default=False)
-]
+# NOTE: typer 0.20.1 sets TyperArgument.help before calling click's
+# Argument.__init__, which since click 8.5.0 takes help itself and resets it to
+# None, so `--help` drops argument help. Each command's docstring describes its
+# arguments instead.
+SpecArgument = Annotated[Path, typer.Argument(show_default=False)]
 NetworkOption = Annotated[
     Path,
     typer.Option(
@@ -53,7 +56,7 @@ NetworkOption = Annotated[
         show_default=False,
     ),
 ]
-JobIdArgument = Annotated[str, typer.Argument(help="Job id.", show_default=False)]
+JobIdArgument = Annotated[str, typer.Argument(show_default=False)]
 FormatOption = Annotated[
     OutputFormat, typer.Option("--format", help="Output as text or json.")
 ]
@@ -78,7 +81,8 @@ def resolve(
         typer.Option(help="Write the resolved spec here instead of printing it."),
     ] = None,
 ) -> None:
-    """Resolve a spec's [match] section to one catalog id per city.
+    """Resolve the [match] section of the job spec SPEC_PATH (TOML) to one catalog
+    id per city.
 
     The resolved spec names its datasets, so each city's operator approves exactly
     what will run (`citymesh job approve RESOLVED --home NODE_HOME`).
@@ -102,15 +106,20 @@ def validate(
     network: NetworkOption,
     output: FormatOption = OutputFormat.text,
 ) -> None:
-    """Check a job spec against the catalog entries of the cities it names.
+    """Check the job spec SPEC_PATH (TOML) against the catalogs of its cities.
 
-    Lists unknown datasets, missing feature or target columns, column types that
-    differ between cities, grades that forbid training and privacy budgets the
-    job would exceed. Exits 1 when the job is invalid.
+    Imports the module of a 'package.module:ClassName' model kind. Lists unknown
+    datasets with the ids each catalog has, missing feature or target columns,
+    column types that differ between cities, grades that forbid training and
+    privacy budgets the job would exceed. Exits 1 when the job is invalid.
     """
+    from citymesh.federation.spec import check_model_class
     from citymesh.job_run import require_valid, validate_network_job
 
-    validation = validate_network_job(_load_spec(spec_path), network)
+    spec = _load_spec(spec_path)
+    check_model_class(spec.model.kind)
+    validation = validate_network_job(spec, network)
+    _list_catalog_ids(validation, network)
     if output == OutputFormat.json:
         _echo_json(validation.to_dict())
         if not validation.ok:
@@ -123,6 +132,33 @@ def validate(
             f"  {city}: {dataset['id']} ({dataset['rows']:,} rows, "
             f"grade {dataset['grade']})"
         )
+
+
+def _list_catalog_ids(validation: Any, network_dir: Path) -> None:
+    """Add to each dataset-not-found problem the ids that the city's catalog has."""
+    from citymesh.catalog.store import CatalogStore
+    from citymesh.network import Network
+    from citymesh.node.settings import load_settings
+
+    network = Network.open(network_dir)
+    for city, dataset in validation.datasets.items():
+        if dataset["found"] or city not in network.cities:
+            continue
+        store = CatalogStore(load_settings(network.home(city)).database)
+        try:
+            ids = sorted(entry.id for entry in store.all())
+        finally:
+            store.close()
+        missing = f"dataset {dataset['id']!r} of city {city!r} not found"
+        listed = ", ".join(repr(i) for i in ids[:MAX_LISTED_IDS]) or "no datasets"
+        if len(ids) > MAX_LISTED_IDS:
+            listed += f" and {len(ids) - MAX_LISTED_IDS} more"
+        validation.problems[:] = [
+            f"{problem}; the catalog of {city!r} has {listed}"
+            if problem == missing
+            else problem
+            for problem in validation.problems
+        ]
 
 
 @app.command()
@@ -144,7 +180,7 @@ def approve(
     reason: Annotated[str, typer.Option(help="Why, recorded with the decision.")] = "",
     output: FormatOption = OutputFormat.text,
 ) -> None:
-    """Approve or refuse a job at this city's node, as its operator.
+    """Approve or refuse the job spec SPEC_PATH (TOML) at this city's node.
 
     Shows the spec, this node's dataset that the job names and the digest of
     the code that will run, then prompts for confirmation unless --yes or
@@ -222,7 +258,8 @@ def run(
     ] = None,
     output: FormatOption = OutputFormat.text,
 ) -> None:
-    """Run a job on the network: train, anchor usage and settle credits.
+    """Run the job spec SPEC_PATH (TOML) on the network: train, anchor usage and
+    settle credits.
 
     Restarts the network's chain and city nodes, checks the job against their
     catalogs and approvals, and writes everything to DIR/jobs/<job_id>/.
@@ -248,7 +285,7 @@ def status(
     network: NetworkOption,
     output: FormatOption = OutputFormat.text,
 ) -> None:
-    """Show a job's state: queued, running, succeeded or failed."""
+    """Show the state of job JOB_ID: queued, running, succeeded or failed."""
     from citymesh.job_files import JobFolder
 
     current = JobFolder.find(network, job_id).status()
@@ -276,7 +313,7 @@ def logs(
         ),
     ] = False,
 ) -> None:
-    """Print a job's log."""
+    """Print the log of job JOB_ID."""
     from citymesh.job_files import FINAL_STATES, JobFolder
 
     folder = JobFolder.find(network, job_id)
@@ -303,7 +340,8 @@ def result(
     network: NetworkOption,
     output: FormatOption = OutputFormat.text,
 ) -> None:
-    """Show a finished job's metrics, privacy spent, contributions and model files."""
+    """Show the metrics, privacy spent, contributions and model files of the
+    finished job JOB_ID."""
     from citymesh.job_files import JobFolder
 
     folder = JobFolder.find(network, job_id)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from citymesh.errors import InvalidInput
+from citymesh.errors import InvalidInput, NotFound
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -15,14 +15,30 @@ app = typer.Typer(no_args_is_help=True)
 def _parse_prefund(items: list[str]) -> dict[str, int]:
     funds = {}
     for item in items:
-        address, _, amount = item.partition("=")
-        if not address.startswith("0x") or len(address) != 42 or not amount.isdigit():
+        address, separator, amount = item.partition("=")
+        if not separator:
+            raise InvalidInput(f"--prefund takes ADDRESS=WEI, got {item!r} without '='")
+        if not _is_address(address):
             raise InvalidInput(
-                "--prefund takes ADDRESS=WEI with a 0x-prefixed 20-byte address, "
-                f"got {item!r}"
+                f"--prefund {item!r}: address {address!r} is invalid; give 0x and "
+                "40 hex digits"
+            )
+        if not (amount.isascii() and amount.isdigit()):
+            raise InvalidInput(
+                f"--prefund {item!r}: amount {amount!r} is invalid; give a whole "
+                "number of wei"
             )
         funds[address] = int(amount)
     return funds
+
+
+def _is_address(text: str) -> bool:
+    digits = text[2:]
+    return (
+        text.startswith("0x")
+        and len(digits) == 40
+        and all(c in "0123456789abcdefABCDEF" for c in digits)
+    )
 
 
 @app.command()
@@ -32,7 +48,7 @@ def serve(
     ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(help="TCP port of the JSON-RPC endpoint.")
+        int, typer.Option(help="TCP port of the JSON-RPC endpoint.", min=1, max=65535)
     ] = 8545,
     prefund: Annotated[
         list[str] | None,
@@ -67,7 +83,21 @@ def deploy(
     """Deploy the registry, anchor, credit and code-list contracts."""
     from citymesh.ledger.chain import deploy as deploy_contracts
 
-    key = admin_key_file.read_text().strip()
+    key = _read_key_file(admin_key_file)
     deployment = deploy_contracts(rpc_url, key)
     deployment.save(out)
     typer.echo(f"deployed contracts; addresses written to {out}")
+
+
+def _read_key_file(path: Path) -> str:
+    if not path.is_file():
+        raise NotFound(
+            f"admin key file {str(path)!r} not found; pass the file that holds the "
+            "consortium admin's hex private key as --admin-key-file"
+        )
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInput(
+            f"admin key file {str(path)!r} cannot be read: {error}"
+        ) from error

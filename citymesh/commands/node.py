@@ -20,7 +20,9 @@ def init(
     deployment: Annotated[
         Path | None, typer.Option(help="Deployment JSON written by `ledger deploy`.")
     ] = None,
-    port: Annotated[int, typer.Option(help="TCP port the node serves on.")] = 8700,
+    port: Annotated[
+        int, typer.Option(help="TCP port the node serves on.", min=1, max=65535)
+    ] = 8700,
     endpoint: Annotated[
         str | None,
         typer.Option(help="Base URL peers use; default http://127.0.0.1:PORT."),
@@ -46,9 +48,22 @@ def init(
 @app.command()
 def serve(
     home: Annotated[Path, typer.Option(help="The node home made by `node init`.")],
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to listen on; default: host in node.toml, which "
+            "`node init` sets to 127.0.0.1.",
+            show_default=False,
+        ),
+    ] = None,
     port: Annotated[
-        int | None, typer.Option(help="TCP port; default from node.toml.")
+        int | None,
+        typer.Option(
+            help="TCP port; default: port in node.toml.",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
     ] = None,
     chain_url: Annotated[
         str | None, typer.Option(help="Override the chain URL in node.toml.")

@@ -142,7 +142,13 @@ def test_events_revoked_and_replay_rejected(running_node):
         pytest.raises(AuthError, match="revoked signer"),
     ):
         client.events()
-    headers = sign_headers(running_node.peer, "GET", b"/ledger/events", b"")
+    headers = sign_headers(
+        running_node.peer,
+        "GET",
+        b"/ledger/events",
+        b"",
+        target_account=running_node.identity.account,
+    )
     first = httpx.get(f"{running_node.url}/ledger/events", headers=headers, timeout=10)
     again = httpx.get(f"{running_node.url}/ledger/events", headers=headers, timeout=10)
     assert first.status_code == 200
