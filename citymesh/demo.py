@@ -144,6 +144,12 @@ def _check_options(options: DemoOptions) -> None:
             f"--contributions {options.contributions!r} is unknown; use one of "
             f"{', '.join(CONTRIBUTION_METHODS)}"
         )
+    if options.contributions == "none":
+        # With no scores the settlement step has no city to pay and fails.
+        raise InvalidInput(
+            "--contributions none is not supported by the demo, which pays credits "
+            "by contribution; use size, the cheapest method"
+        )
     if options.budget < 1:
         raise InvalidInput(f"--budget must be >= 1 credit unit, got {options.budget!r}")
     _check_workdir(options)

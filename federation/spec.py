@@ -40,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from citymesh.errors import InvalidInput
-from citymesh.job_files import JOB_ID_PATTERN
 
 MODEL_KINDS = ("logreg", "mlp")
 PRIVACY_MODES = ("none", "dp", "secagg")
+# The job id, or the name when no id is given, names the job's folder, so it
+# follows the same rule as citymesh.job_files.JOB_ID_PATTERN (a test checks this).
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # A custom model kind is a dotted module path, a colon and a class name, so it
 # cannot name a file path.
 CUSTOM_MODEL_KIND = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -315,13 +317,13 @@ def check_model_class(kind: str) -> None:
 
 
 def _validate(spec: JobSpec) -> None:
-    # The job id, or the name when no id is given, names the job's folder.
     for key, value in (("name", spec.name), ("job_id", spec.job_id)):
         if value and not JOB_ID_PATTERN.fullmatch(value):
             raise InvalidInput(
                 f"job spec {key} {value!r} is invalid: use 1 to 128 letters, "
                 "digits, '.', '_' or '-', starting with a letter or digit"
             )
+
     if spec.rounds < 1:
         raise InvalidInput(f"rounds must be at least 1, got {spec.rounds!r}")
     if not 0.0 < spec.test_fraction < 1.0:

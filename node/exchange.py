@@ -45,7 +45,7 @@ from citymesh.node.signing import SignerInfo
 log = logging.getLogger("citymesh.node")
 
 RECEIPT_TIMEOUT_S = 300.0
-SCAN_BATCH_ROWS = int(__import__('os').environ.get('XB','65536'))
+SCAN_BATCH_ROWS = 65_536
 ARROW_STREAM_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 
 
@@ -90,8 +90,8 @@ class _ChunkSink:
     """A write-only file object that collects what the IPC writer emits.
 
     The IPC writer passes column buffers as ``pyarrow.Buffer`` objects that own
-    their memory, and metadata as ``bytes``. Both are kept as they are, so the
-    only copy before the socket is the join in ``take``.
+    their memory, and metadata as ``bytes``. Both are kept as they are, so this
+    class copies the stream once, in ``take``.
     """
 
     closed = False
@@ -115,12 +115,6 @@ class _ChunkSink:
         data = b"".join(self.parts)
         self.parts.clear()
         return data
-
-
-def _merge(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    if len(batches) == 1:
-        return batches[0]
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
 class ExchangeService:
@@ -173,13 +167,6 @@ class ExchangeService:
         return exchange_id, chunks
 
     def _scan(self, path, plan: ExtractPlan) -> Iterator[pa.RecordBatch]:
-        """Yield the selected rows in batches of about ``SCAN_BATCH_ROWS`` rows.
-
-        The scanner yields at most one Parquet row group per batch, and a row
-        filter can shrink batches further. Small batches are merged up to
-        ``SCAN_BATCH_ROWS``, because de-identification hashes and masks each
-        distinct value once per batch and every batch is one HTTP chunk.
-        """
         dataset = ds.dataset(path, format="parquet")
         scanner = dataset.scanner(
             columns=plan.columns,
@@ -187,18 +174,9 @@ class ExchangeService:
             batch_size=SCAN_BATCH_ROWS,
             use_threads=True,
         )
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
         for batch in scanner.to_batches():
-            if not batch.num_rows:
-                continue
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            if pending_rows >= SCAN_BATCH_ROWS:
-                yield _merge(pending)
-                pending, pending_rows = [], 0
-        if pending:
-            yield _merge(pending)
+            if batch.num_rows:
+                yield batch
 
     def _check_k_anonymity(self, dataset_id: str, path, plan: ExtractPlan) -> None:
         batches = deidentify(self._scan(path, plan), plan.rules, self.context.secret)

@@ -153,6 +153,13 @@ def test_search_rejects_option(
     assert one_line(err) == expected
 
 
+def test_job_id_patterns_match() -> None:
+    from citymesh.federation import spec
+    from citymesh.job_files import JOB_ID_PATTERN
+
+    assert spec.JOB_ID_PATTERN.pattern == JOB_ID_PATTERN.pattern
+
+
 def test_grades_match_code_list() -> None:
     from citymesh.catalog.codes import shared_codes
     from citymesh.commands.catalog import GRADES
@@ -214,6 +221,10 @@ def test_prefund_names_bad_part(item: str, expected: str) -> None:
             "shapley, gtg, loo+gtg",
         ),
         (["--rows", "5"], "--rows must be at least 30 so each city has data, got 5"),
+        (
+            ["--contributions", "none"],
+            "--contributions none is not supported by the demo",
+        ),
     ],
 )
 def test_demo_checks_options_first(

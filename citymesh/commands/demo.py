@@ -34,8 +34,9 @@ def demo(
     contributions: Annotated[
         str | None,
         typer.Option(
-            help="Contribution scores: size, loo, gtg, loo+gtg, shapley or none; "
-            "default loo+gtg in process, gtg in deployment.",
+            help="Contribution scores: size, loo, gtg, loo+gtg or shapley; default "
+            "loo+gtg in process, gtg in deployment. none is rejected because the "
+            "demo pays credits by contribution.",
             show_default=False,
         ),
     ] = None,
