@@ -33,7 +33,7 @@ logger = logging.getLogger("citymesh.demo")
 __all__ = ["DemoOptions", "run_demo"]
 
 FLIGHTS_CODE = "04.5.4"  # COFOG 04.5.4: air transport
-SEARCH_CODE = "04.5"  # COFOG 04.5: transport, which holds 04.5.4
+SEARCH_CODE = "04.5"  # COFOG 04.5: transport, the group that contains 04.5.4
 ETHER = 10**18
 FEDERATION_MODES = ("inprocess", "deployment")
 MIN_ROWS = 30  # the same minimum as citymesh.flights.load_flights
@@ -41,7 +41,7 @@ MIN_ROWS = 30  # the same minimum as citymesh.flights.load_flights
 
 @dataclass
 class DemoOptions:
-    """What one demo run does; every field has a CLI option."""
+    """Options of one demo run; each field has a CLI option."""
 
     rows: int | None = None
     rounds: int = 5

@@ -1,8 +1,8 @@
 """Settle a federated job's credit budget on chain.
 
-A settlement pays each city its share of the job's budget as ERC-20 credits and names
-the anchored Merkle roots of the usage it pays for; the credit contract reverts when a
-root was paid before, so no usage is paid twice.
+A settlement pays each city its share of the job's budget as ERC-20 credits. It names
+the anchored Merkle roots of the usage it pays for, and the credit contract reverts
+when a root was paid before, so no usage is paid twice.
 """
 
 from __future__ import annotations

@@ -320,6 +320,6 @@ def test_job_validate_lists_catalog_ids(capsys, tmp_path: Path) -> None:
     )
     assert code == 1
     assert (
-        "dataset 'ewr:missing' of city 'ewr' not found; the catalog of 'ewr' has "
+        "dataset 'ewr:missing' of city 'ewr' not found - the catalog of 'ewr' has "
         "'ewr:counts'"
     ) in one_line(err)

@@ -135,7 +135,7 @@ def validate(
 
 
 def _list_catalog_ids(validation: Any, network_dir: Path) -> None:
-    """Add to each dataset-not-found problem the ids that the city's catalog has."""
+    """Add after each dataset-not-found problem the ids that the city's catalog has."""
     from citymesh.catalog.store import CatalogStore
     from citymesh.network import Network
     from citymesh.node.settings import load_settings
@@ -149,16 +149,15 @@ def _list_catalog_ids(validation: Any, network_dir: Path) -> None:
             ids = sorted(entry.id for entry in store.all())
         finally:
             store.close()
-        missing = f"dataset {dataset['id']!r} of city {city!r} not found"
         listed = ", ".join(repr(i) for i in ids[:MAX_LISTED_IDS]) or "no datasets"
         if len(ids) > MAX_LISTED_IDS:
             listed += f" and {len(ids) - MAX_LISTED_IDS} more"
-        validation.problems[:] = [
-            f"{problem}; the catalog of {city!r} has {listed}"
-            if problem == missing
-            else problem
-            for problem in validation.problems
-        ]
+        missing = f"dataset {dataset['id']!r} of city {city!r} not found"
+        if missing in validation.problems:
+            position = validation.problems.index(missing) + 1
+            validation.problems.insert(
+                position, f"the catalog of {city!r} has {listed}"
+            )
 
 
 @app.command()
