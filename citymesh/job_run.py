@@ -103,9 +103,9 @@ def resolve_datasets(network: Network, spec: JobSpec) -> JobSpec:
     """Return ``spec`` with the datasets its ``[match]`` section selects in each city.
 
     A spec that already names datasets is returned unchanged. In each city asked,
-    exactly one catalog entry must have a code under ``match.code`` and every column
-    in ``match.columns``; a city with none takes no part, and a city with several
-    raises InvalidInput so the data scientist names one by id.
+    at most one catalog entry may have a code under ``match.code`` and every column
+    in ``match.columns``. A city with none takes no part. A city with several raises
+    InvalidInput, so that the data scientist names one by id.
     """
     from citymesh.catalog.store import CatalogStore, SearchQuery
     from citymesh.node.settings import load_settings
@@ -119,7 +119,7 @@ def resolve_datasets(network: Network, spec: JobSpec) -> JobSpec:
             f"[match] cities {unknown!r} have no node in the network; it has "
             f"{network.cities!r}"
         )
-    wanted = set(match.columns)
+    required_columns = set(match.columns)
     datasets: dict[str, str] = {}
     for city in match.cities or network.cities:
         store = CatalogStore(load_settings(network.home(city)).database)
@@ -128,7 +128,7 @@ def resolve_datasets(network: Network, spec: JobSpec) -> JobSpec:
             fitting = [
                 entry.id
                 for entry in page.items
-                if wanted <= {column["name"] for column in entry.columns}
+                if required_columns <= {column["name"] for column in entry.columns}
             ]
         finally:
             store.close()
@@ -142,7 +142,7 @@ def resolve_datasets(network: Network, spec: JobSpec) -> JobSpec:
     if not datasets:
         raise NotFound(
             f"no city has a dataset under code {match.code!r} with columns "
-            f"{sorted(wanted)!r}"
+            f"{sorted(required_columns)!r}"
         )
     return replace(spec, datasets=datasets)
 

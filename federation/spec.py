@@ -25,7 +25,7 @@ the training schedule and the privacy settings. Example::
     mode = "none"             # "none", "dp" or "secagg"
 
 In place of ``[datasets]``, a ``[match]`` section names datasets by classification
-code and columns (``code = "04.5"``, ``columns = ["arr_delay", "carrier"]``); the
+code and columns (``code = "04.5"``, ``columns = ["arr_delay", "carrier"]``). The
 job resolves it against each city's catalog before it starts.
 """
 
@@ -106,7 +106,7 @@ class MatchSpec:
     """Datasets named by classification code and columns instead of catalog ids.
 
     Each city contributes the one dataset in its catalog whose code starts with
-    ``code`` and that has every column in ``columns``; ``cities`` limits the cities
+    ``code`` and that has every column in ``columns``. ``cities`` limits the cities
     asked (all when empty). A spec that names ``datasets`` ignores this section.
     """
 
