@@ -208,7 +208,7 @@ class InProcessGrid(Grid):
                 run_config=self.run_config,
             )
         try:
-            reply = self.client_app(message, node.context)
+            reply = self._call_client_app(node, message)
         # Any ClientApp failure becomes an error reply, as a SuperNode reports it.
         except Exception as exc:  # noqa: BLE001
             log.warning("ClientApp on node %d raised %r", node.node_id, exc)
@@ -216,6 +216,28 @@ class InProcessGrid(Grid):
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
             return Message(error, reply_to=message)
         return copy.deepcopy(reply)
+
+    def _call_client_app(self, node: InProcessNode, message: Message) -> Message:
+        """Call the ClientApp, once more after CPython's concurrent-AST SystemError.
+
+        CPython 3.11 can raise "AST constructor recursion depth mismatch" when two
+        threads build AST objects at once (traceback formatting does, through
+        ast.parse). It comes from the interpreter, not from the app, so the call
+        is made once more.
+        """
+        # NOTE: seen in full test runs under load with Python 3.11.7, in round 1
+        # only; which call parses the AST was not found.
+        try:
+            return self.client_app(message, node.context)
+        except SystemError as exc:
+            if "AST constructor recursion depth mismatch" not in str(exc):
+                raise
+            log.warning(
+                "ClientApp on node %d hit CPython's concurrent AST error; calling it "
+                "once more",
+                node.node_id,
+            )
+            return self.client_app(message, node.context)
 
 
 def run_server_app(
