@@ -48,7 +48,7 @@ def load_flights(rows: int | None = None, seed: int = 7) -> pd.DataFrame:
 
 
 def write_city_exports(table: pd.DataFrame, folder: Path) -> dict[str, Path]:
-    """Write one CSV export per origin airport, as each city's data office holds it."""
+    """Write one CSV export per origin airport, as each city's data office keeps it."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for origin in ORIGINS:

@@ -1,6 +1,6 @@
 """A whole citymesh network in one work folder: chain, city nodes and the parties' keys.
 
-The folder holds everything a run needs to start again::
+The folder contains everything a run needs to start again::
 
     admin.key            the consortium admin's ledger key (mode 0600)
     chain.sqlite         the embedded chain's state
@@ -61,7 +61,8 @@ class Network:
         nodes = workdir / "nodes"
         if not (workdir / "deployment.json").is_file() or not nodes.is_dir():
             raise NotFound(
-                f"{str(workdir)!r} holds no citymesh network; run `citymesh demo` first"
+                f"no citymesh network found in {str(workdir)!r}; run "
+                "`citymesh demo --workdir` first"
             )
         network = cls(workdir, sorted(p.name for p in nodes.iterdir() if p.is_dir()))
         for city in network.cities:

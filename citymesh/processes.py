@@ -47,8 +47,8 @@ def quiet_env() -> dict[str, str]:
 class Service:
     """One child process whose output goes to a log file.
 
-    ``ready_url`` is polled until it answers with a status below 500; ``ready_rpc``
-    instead posts a JSON-RPC ``eth_chainId`` call, for a chain endpoint.
+    ``ready_url`` is polled until it returns a status below 500. For a chain
+    endpoint, ``ready_rpc`` is polled with a JSON-RPC ``eth_chainId`` call instead.
     """
 
     def __init__(

@@ -15,19 +15,17 @@ comes from the installed citymesh package, which this digest covers.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
-import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from citymesh.errors import NotFound, PolicyViolation
 
+from .json_file import LockedJsonFile
 from .spec import JobSpec
 
 log = logging.getLogger("citymesh.federation")
@@ -122,18 +120,7 @@ class Approvals:
         return approval
 
     def _read(self) -> dict[str, dict]:
-        if not self.path.exists():
-            return {}
-        return dict(json.loads(self.path.read_text() or "{}"))
+        return LockedJsonFile(self.path).read()
 
-    @contextmanager
-    def _locked(self) -> Iterator[dict[str, dict]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
-        with lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read()
-            yield data
-            temporary = self.path.with_suffix(self.path.suffix + ".tmp")
-            temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
-            temporary.replace(self.path)
+    def _locked(self) -> AbstractContextManager[dict[str, dict]]:
+        return LockedJsonFile(self.path).locked()

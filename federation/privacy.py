@@ -19,11 +19,8 @@ rounds, so a node can compute it from the job spec before the job starts.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from flwr.serverapp import (
@@ -36,6 +33,7 @@ from flwr.serverapp import (
 
 from citymesh.errors import InvalidInput, PolicyViolation
 
+from .json_file import LockedJsonFile
 from .spec import JobSpec, PrivacySpec
 
 log = logging.getLogger("citymesh.federation")
@@ -161,18 +159,7 @@ class PrivacyBudgets:
         return total
 
     def _read(self) -> dict[str, dict]:
-        if not self.path.exists():
-            return {}
-        return dict(json.loads(self.path.read_text() or "{}"))
+        return LockedJsonFile(self.path).read()
 
-    @contextmanager
-    def _locked(self) -> Iterator[dict[str, dict]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
-        with lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read()
-            yield data
-            temporary = self.path.with_suffix(self.path.suffix + ".tmp")
-            temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
-            temporary.replace(self.path)
+    def _locked(self) -> AbstractContextManager[dict[str, dict]]:
+        return LockedJsonFile(self.path).locked()

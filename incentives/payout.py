@@ -2,9 +2,9 @@
 
 A city's score blends its share of the training rows with its share of the positive
 leave-one-out gains (how much the pooled model lost when that city was left out).
-Amounts are whole token units that add up to the budget exactly: each city gets the
-floor of its exact share, and the units left over go to the largest remainders, ties
-broken by city id so every party recomputes the same split.
+Amounts are whole token units that add up to the budget exactly. Each city gets the
+floor of its exact share, and the units left over go to the largest remainders. Ties
+are broken by city id, so every party recomputes the same split.
 """
 
 from __future__ import annotations

@@ -121,6 +121,13 @@ def verify(
         raise typer.Exit(1)
 
 
+BundleChainOption = Annotated[
+    str | None,
+    typer.Option(help="JSON-RPC URL of the chain to verify the files against."),
+]
+BundleDeploymentOption = Annotated[
+    Path | None, typer.Option(help="Deployment JSON; needed with --chain-url.")
+]
 FromSeqOption = Annotated[
     int,
     typer.Option(
@@ -150,13 +157,8 @@ def verify_bundle(
     bundle: Annotated[
         list[Path], typer.Argument(help="Segment files (.jsonl) exported from nodes.")
     ],
-    chain_url: Annotated[
-        str | None,
-        typer.Option(help="JSON-RPC URL of the chain to verify the files against."),
-    ] = None,
-    deployment: Annotated[
-        Path | None, typer.Option(help="Deployment JSON; needed with --chain-url.")
-    ] = None,
+    chain_url: BundleChainOption = None,
+    deployment: BundleDeploymentOption = None,
     from_seq: FromSeqOption = 1,
     allow_unanchored: AllowUnanchoredOption = False,
     offline: OfflineOption = False,
@@ -294,13 +296,8 @@ def report(
     bundle: Annotated[
         list[Path], typer.Argument(help="Segment files (.jsonl) of the nodes.")
     ],
-    chain_url: Annotated[
-        str | None,
-        typer.Option(help="JSON-RPC URL of the chain to verify the files against."),
-    ] = None,
-    deployment: Annotated[
-        Path | None, typer.Option(help="Deployment JSON; needed with --chain-url.")
-    ] = None,
+    chain_url: BundleChainOption = None,
+    deployment: BundleDeploymentOption = None,
     from_seq: FromSeqOption = 1,
     allow_unanchored: AllowUnanchoredOption = False,
     offline: OfflineOption = False,

@@ -95,7 +95,7 @@ def test_secagg_important_job_matches_plain(
     # SecAgg+ quantizes each weight in steps of 16 / 2**22 before masking. Run
     # alone, the two models agree within 1e-4.
     # NOTE: in one full-suite run on a loaded 2-core machine the weights differed
-    # by up to 0.04 while the AUC bound held; the cause is not yet known, so the
+    # by up to 0.04 while the AUC bound held. The cause is not known, so the
     # weights are compared at that looser tolerance.
     for name, tensor in plain.model_state.items():
         assert secure.model_state[name].allclose(tensor, atol=0.05)
