@@ -15,7 +15,6 @@ Actions per column:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -56,18 +55,79 @@ def _map_unique(values: pa.Array, function) -> pa.Array:
     return pc.take(mapped, encoded.indices)
 
 
-def hash_values(values: pa.Array, secret: bytes) -> pa.Array:
-    """Return HMAC-SHA256 pseudonyms of ``values`` as hex strings."""
+def _on_distinct(values: pa.Array, function) -> pa.Array:
+    """Apply a vectorized function to the distinct values only, keeping nulls.
 
-    def pseudonym(item: Any) -> str:
-        digest = hmac.new(secret, str(item).encode("utf-8"), hashlib.sha256)
-        return digest.hexdigest()[: HASH_BYTES * 2]
+    Columns of dates, flight numbers or codes repeat most values, so the work
+    shrinks to the dictionary plus one take.
+    """
+    encoded = pc.dictionary_encode(values)
+    return pc.take(function(encoded.dictionary), encoded.indices)
 
-    return _map_unique(values, pseudonym)
+
+class Pseudonymizer:
+    """HMAC-SHA256 pseudonyms with the node secret, remembered across batches.
+
+    A column streams past in many batches that repeat most of their values;
+    each distinct value is hashed once per stream. At most ``max_cached``
+    values are remembered; past that, values are hashed again.
+    """
+
+    def __init__(self, secret: bytes, max_cached: int = 1_000_000) -> None:
+        self._secret = secret
+        self._max_cached = max_cached
+        self._known: dict[Any, str] = {}
+
+    def __call__(self, item: Any) -> str:
+        known = self._known.get(item)
+        if known is None:
+            message = str(item).encode("utf-8")
+            digest = hmac.digest(self._secret, message, "sha256")
+            known = digest[:HASH_BYTES].hex()
+            if len(self._known) < self._max_cached:
+                self._known[item] = known
+        return known
+
+    def apply(self, values: pa.Array) -> pa.Array:
+        """Return the pseudonyms of ``values`` as hex strings, nulls kept."""
+        return _map_unique(values, self)
+
+
+def hash_values(
+    values: pa.Array, secret: bytes, pseudonyms: Pseudonymizer | None = None
+) -> pa.Array:
+    """Return HMAC-SHA256 pseudonyms of ``values`` as hex strings.
+
+    Pass a ``pseudonyms`` object made with the same secret to reuse the
+    pseudonyms of values seen in earlier batches.
+    """
+    return (pseudonyms or Pseudonymizer(secret)).apply(values)
 
 
 def mask_values(values: pa.Array, keep_last: int = 0) -> pa.Array:
     """Return ``values`` as strings with all but the last ``keep_last`` chars '*'."""
+    if pa.types.is_integer(values.type) or pa.types.is_string(values.type):
+        return _on_distinct(values, lambda distinct: _mask(distinct, keep_last))
+    return _mask(values, keep_last)
+
+
+def _mask(values: pa.Array, keep_last: int) -> pa.Array:
+    arrow_type = values.type
+    if pa.types.is_integer(arrow_type):
+        # Arrow's cast writes integers as Python's str() does.
+        values = pc.cast(values, pa.string())
+        arrow_type = values.type
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        length = pc.utf8_length(values)
+        kept = (
+            pc.utf8_slice_codeunits(values, start=-keep_last)
+            if keep_last
+            else pc.utf8_slice_codeunits(values, start=0, stop=0)
+        )
+        hidden = pc.max_element_wise(pc.subtract(length, pc.utf8_length(kept)), 0)
+        stars = pc.binary_repeat(pa.scalar("*", values.type), hidden)
+        masked = pc.binary_join_element_wise(stars, kept, pa.scalar("", values.type))
+        return pc.cast(masked, pa.string())
 
     def mask(item: Any) -> str:
         text = str(item)
@@ -87,10 +147,14 @@ def generalize_values(values: pa.Array, rule: dict[str, Any]) -> pa.Array:
         return pc.round(pc.multiply(cells, cell), 6)
     if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
         unit = rule.get("to", "month")
-        return pc.floor_temporal(values, unit=unit)
+        return _on_distinct(
+            values, lambda distinct: pc.floor_temporal(distinct, unit=unit)
+        )
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         length = 4 if rule.get("to") == "year" else 7
-        return pc.utf8_slice_codeunits(values, 0, length)
+        return _on_distinct(
+            values, lambda distinct: pc.utf8_slice_codeunits(distinct, 0, length)
+        )
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
         band = int(rule.get("band", 10))
         return _map_unique(
@@ -106,9 +170,17 @@ def generalize_values(values: pa.Array, rule: dict[str, Any]) -> pa.Array:
 
 
 def deidentify_batch(
-    batch: pa.RecordBatch, rules: dict[str, dict[str, Any]], secret: bytes
+    batch: pa.RecordBatch,
+    rules: dict[str, dict[str, Any]],
+    secret: bytes,
+    pseudonyms: Pseudonymizer | None = None,
 ) -> pa.RecordBatch:
-    """Return ``batch`` with every rule applied; unnamed columns are kept."""
+    """Return ``batch`` with every rule applied; unnamed columns are kept.
+
+    ``pseudonyms`` carries hashed values over from earlier batches of the
+    same stream.
+    """
+    pseudonyms = pseudonyms or Pseudonymizer(secret)
     names, arrays = [], []
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         rule = rules.get(name, {"action": "keep"})
@@ -116,7 +188,7 @@ def deidentify_batch(
         if action == "drop":
             continue
         if action == "hash":
-            column = hash_values(column, secret)
+            column = pseudonyms.apply(column)
         elif action == "mask":
             column = mask_values(column, int(rule.get("keep_last", 0)))
         elif action == "generalize":
@@ -130,8 +202,9 @@ def deidentify(
     batches: Iterable[pa.RecordBatch], rules: dict[str, dict[str, Any]], secret: bytes
 ) -> Iterator[pa.RecordBatch]:
     """Apply ``rules`` to each batch as it streams past."""
+    pseudonyms = Pseudonymizer(secret)
     for batch in batches:
-        yield deidentify_batch(batch, rules, secret)
+        yield deidentify_batch(batch, rules, secret, pseudonyms)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,11 @@ from citymesh.errors import (
     PolicyViolation,
 )
 from citymesh.node.context import NodeContext
-from citymesh.node.exchange import ARROW_STREAM_MEDIA_TYPE
+from citymesh.node.exchange import (
+    ARROW_STREAM_MEDIA_TYPE,
+    RECEIPT_DRAFT_HEADER,
+    encode_draft,
+)
 from citymesh.node.federated import DEFAULT_DEADLINE_S, federated_search_async
 from citymesh.node.settings import NodeSettings
 from citymesh.node.signing import (
@@ -366,13 +370,18 @@ def create_app(
                 "and hubs may request extracts"
             )
         body = ExtractRequest.from_json(await _json_object(request))
-        exchange_id, chunks = await run_in_threadpool(
-            context.exchange.open_extract, body, signer
-        )
+        opened = await run_in_threadpool(context.exchange.open_extract, body, signer)
+        headers = {EXCHANGE_HEADER: opened.exchange_id}
+        draft = encode_draft(opened.draft)
+        if draft is not None:
+            headers[RECEIPT_DRAFT_HEADER] = draft
+        if opened.size is not None:
+            # A known length spares both sides the chunked framing.
+            headers["Content-Length"] = str(opened.size)
         return StreamingResponse(
-            chunks,
+            opened.chunks,
             media_type=ARROW_STREAM_MEDIA_TYPE,
-            headers={EXCHANGE_HEADER: exchange_id},
+            headers=headers,
         )
 
     @app.get("/exchange/{exchange_id}/receipt")

@@ -25,6 +25,7 @@ from citymesh.errors import (
     NotFound,
     PolicyViolation,
 )
+from citymesh.node.exchange import RECEIPT_DRAFT_HEADER, decode_draft
 from citymesh.node.signing import SignedRequestAuth, Signer
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -304,6 +305,8 @@ class NodeClient:
                 response.read()
                 raise_for_error(response)
             exchange_id = response.headers["X-Citymesh-Exchange-Id"]
+            draft_header = response.headers.get(RECEIPT_DRAFT_HEADER)
+            draft = decode_draft(draft_header) if draft_header else None
             # Collecting the stream in one buffer lets Arrow read the batches
             # without copying them; the table then lives in that buffer.
             received = bytearray()
@@ -313,26 +316,46 @@ class NodeClient:
                 received.extend(chunk)
             table = pa.ipc.open_stream(pa.py_buffer(received)).read_all()
         result = ExtractResult(
-            table, exchange_id, len(received), digest.hexdigest(), None
+            table, exchange_id, len(received), digest.hexdigest(), None, draft
         )
         if confirm:
             result.receipt = self.confirm_receipt(result)
         return result
 
     def confirm_receipt(self, result: ExtractResult) -> dict[str, Any]:
-        """Check the provider's receipt of an extract, sign it and send it back."""
+        """Check the provider's receipt of an extract, sign it and send it back.
+
+        With the draft from the extract's response header, the client fills
+        in the rows, bytes and SHA-256 it received and signs that event; the
+        provider accepts the signature only if its own event is the same.
+        Without a draft, it fetches the provider's event and compares first.
+        """
         from citymesh.ledger.events import UsageEvent, signing_payload
 
         path = f"/exchange/{result.exchange_id}/receipt"
-        event = UsageEvent.from_dict(self._request("GET", path, signed=True).json())
-        expected = (result.table.num_rows, result.size, result.sha256)
-        stated = (event.rows, event.bytes, event.detail.get("sha256"))
-        if stated != expected:
-            raise CitymeshError(
-                f"receipt of exchange {result.exchange_id!r} states rows, bytes and "
-                f"sha256 {stated!r} but the client received {expected!r}; the "
-                "receipt was not signed"
-            )
+        if result.draft is not None:
+            completed = {
+                **result.draft,
+                "rows": result.table.num_rows,
+                "bytes": result.size,
+                "detail": {**result.draft["detail"], "sha256": result.sha256},
+            }
+            event = UsageEvent.from_dict(completed)
+            if event.detail.get("exchange_id") != result.exchange_id:
+                raise CitymeshError(
+                    f"the receipt draft of exchange {result.exchange_id!r} names "
+                    f"exchange {event.detail.get('exchange_id')!r}; it was not signed"
+                )
+        else:
+            event = UsageEvent.from_dict(self._request("GET", path, signed=True).json())
+            expected = (result.table.num_rows, result.size, result.sha256)
+            stated = (event.rows, event.bytes, event.detail.get("sha256"))
+            if stated != expected:
+                raise CitymeshError(
+                    f"receipt of exchange {result.exchange_id!r} states rows, bytes "
+                    f"and sha256 {stated!r} but the client received {expected!r}; "
+                    "the receipt was not signed"
+                )
         signature = self.signer.sign(signing_payload(event)).hex()
         return self._request(
             "POST", path, signed=True, json={"signature": signature}
@@ -348,6 +371,7 @@ class ExtractResult:
     size: int
     sha256: str
     receipt: dict[str, Any] | None
+    draft: dict[str, Any] | None = None
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -115,6 +115,7 @@ class NodeContext:
         self._stop.set()
         if self._anchor_thread is not None:
             self._anchor_thread.join(timeout=30)
+        self.exchange.prepared.wait_idle(timeout_s=30)
         self.verifier.close()
         self.store.close()
 
@@ -171,7 +172,15 @@ class NodeContext:
             size=entry.bytes,
             detail={"code": entry.code, "grade": entry.grade, "sha256": entry.sha256},
         )
+        self._prepare(entry)
         return entry
+
+    def _prepare(self, entry: DatasetEntry) -> None:
+        """Prepare the whole-dataset extract; a failure leaves extracts working."""
+        try:
+            self.exchange.prepare(entry)
+        except Exception as error:  # the extract is then encoded on request
+            log.warning("could not prepare the extract of %s: %s", entry.id, error)
 
     def search(
         self, query: SearchQuery, consumer: str, on_behalf_of: str | None = None
@@ -223,7 +232,10 @@ class NodeContext:
         if not isinstance(rules, dict):
             raise InvalidInput(f"policy deid must be an object, got {rules!r}")
         check_rules(rules, [column["name"] for column in entry.columns])
-        return self.store.update_policy(dataset_id, policy)
+        entry = self.store.update_policy(dataset_id, policy)
+        self.exchange.prepared.drop_dataset(entry.id)
+        self._prepare(entry)
+        return entry
 
     def approve(
         self, dataset_id: str, consumer: str, purpose: str, expires_at: float | None

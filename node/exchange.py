@@ -1,16 +1,26 @@
 """Extracts between nodes: policy check, Arrow IPC streaming and signed receipts.
 
-An extract runs in three requests, each signed by the consumer node:
+An extract runs in two requests, each signed by the consumer node:
 
 1. ``POST /exchange/extract`` checks the request against the dataset's grade
    and policy, then streams the de-identified rows as an Arrow IPC stream. A
-   rejected request appends a ``refusal`` event. When the stream ends, the
-   provider signs an ``exchange`` usage event with the rows, bytes and SHA-256
-   of the stream and keeps it pending.
-2. ``GET /exchange/{id}/receipt`` returns that event, so the consumer can
-   compare it with what it received.
-3. ``POST /exchange/{id}/receipt`` carries the consumer's Ed25519 signature of
-   the event; the provider checks it and appends the event, signed by both.
+   rejected request appends a ``refusal`` event. The response header
+   ``X-Citymesh-Receipt-Draft`` carries the ``exchange`` usage event the
+   provider will log, with rows, bytes and SHA-256 left empty. When the
+   stream ends, the provider fills them in, signs the event and keeps it
+   pending.
+2. ``POST /exchange/{id}/receipt`` carries the consumer's Ed25519 signature of
+   that event, completed from what the consumer received; the provider checks
+   it and appends the event, signed by both. A signature over other rows,
+   bytes or SHA-256 than the provider's does not verify.
+
+``GET /exchange/{id}/receipt`` returns the provider's completed event, for a
+consumer that did not keep the draft (the header is left out when the draft
+is too long for a header).
+
+A whole-dataset extract is usually sent from a prepared stream (see
+citymesh.node.prepared), encoded when the dataset was ingested or its
+policy changed.
 
 Pending receipts live in the node database, so they survive a restart. A
 receipt the consumer does not confirm within ``RECEIPT_TIMEOUT_S`` is appended
@@ -22,6 +32,7 @@ appended at once with ``complete: false``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -38,8 +49,14 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from citymesh.catalog.deid import deidentify, k_anonymity
 from citymesh.catalog.names import dataset_path
-from citymesh.catalog.policy import ExtractPlan, ExtractRequest, plan_extract
-from citymesh.errors import AuthError, NotFound, PolicyViolation
+from citymesh.catalog.policy import (
+    ExtractPlan,
+    ExtractRequest,
+    grade_family,
+    plan_extract,
+)
+from citymesh.errors import AuthError, InvalidInput, NotFound, PolicyViolation
+from citymesh.node.prepared import PreparedExtracts, PreparedStream, extract_key
 from citymesh.node.signing import SignerInfo
 
 log = logging.getLogger("citymesh.node")
@@ -47,6 +64,28 @@ log = logging.getLogger("citymesh.node")
 RECEIPT_TIMEOUT_S = 300.0
 SCAN_BATCH_ROWS = 65_536
 ARROW_STREAM_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+RECEIPT_DRAFT_HEADER = "X-Citymesh-Receipt-Draft"
+# HTTP clients cap the total size of response headers (h11: 16 KiB).
+MAX_DRAFT_HEADER_BYTES = 8192
+
+
+def encode_draft(draft: dict[str, Any]) -> str | None:
+    """Return the receipt draft as a header value, or None when it is too long."""
+    encoded = base64.urlsafe_b64encode(
+        json.dumps(draft, separators=(",", ":")).encode()
+    ).decode("ascii")
+    return encoded if len(encoded) <= MAX_DRAFT_HEADER_BYTES else None
+
+
+def decode_draft(value: str) -> dict[str, Any]:
+    """Parse a receipt draft header; raise InvalidInput when it is malformed."""
+    try:
+        draft = json.loads(base64.urlsafe_b64decode(value.encode("ascii")))
+    except (ValueError, UnicodeError) as error:
+        raise InvalidInput(f"malformed receipt draft header: {error}") from None
+    if not isinstance(draft, dict) or not isinstance(draft.get("detail"), dict):
+        raise InvalidInput("malformed receipt draft header: not an event object")
+    return draft
 
 
 class PendingExchange(SQLModel, table=True):
@@ -117,6 +156,35 @@ class _ChunkSink:
         return data
 
 
+@dataclass(frozen=True)
+class _Extract:
+    """One extract in progress: the request, its signer, start time and source."""
+
+    exchange_id: str
+    entry: Any
+    plan: ExtractPlan
+    request: ExtractRequest
+    signer: SignerInfo
+    started: float
+    prepared: PreparedStream | None
+
+
+@dataclass(frozen=True)
+class OpenExtract:
+    """An accepted extract: its id, the receipt event as drafted, and the stream.
+
+    ``draft`` is the exchange event the provider will log, with ``rows``,
+    ``bytes`` and ``detail.sha256`` still empty: the consumer fills them in
+    from what it received and signs, without asking for the receipt. ``size``
+    is the stream's length when it is known before sending (a prepared stream).
+    """
+
+    exchange_id: str
+    draft: dict[str, Any]
+    chunks: Iterator[bytes]
+    size: int | None = None
+
+
 class ExchangeService:
     """Runs extracts for one node (see the module docstring)."""
 
@@ -124,14 +192,15 @@ class ExchangeService:
         self.context = context
         self.engine = context.store.engine
         self.write_engine = context.store.write_engine
+        self.prepared = PreparedExtracts(
+            context.settings.home / "extracts", context.settings.prepared_extract_bytes
+        )
         SQLModel.metadata.create_all(
             self.write_engine, tables=[PendingExchange.__table__]
         )
 
-    def open_extract(
-        self, request: ExtractRequest, signer: SignerInfo
-    ) -> tuple[str, Iterator[bytes]]:
-        """Check ``request`` and return the exchange id and the stream's chunks.
+    def open_extract(self, request: ExtractRequest, signer: SignerInfo) -> OpenExtract:
+        """Check ``request`` and return the extract's id, receipt draft and chunks.
 
         Raises NotFound, InvalidInput or PolicyViolation before any row is read;
         a PolicyViolation also appends a refusal event.
@@ -148,7 +217,13 @@ class ExchangeService:
                 entry, request, consumer_city=signer.city, approved=approved
             )
             path = dataset_path(context.settings.data_dir, entry.name)
-            if plan.k and plan.quasi_identifiers:
+            key = self._key(entry, plan, request.filter, request.compression)
+            prepared = self.prepared.find(key)
+            handle = self.prepared.open(prepared) if prepared is not None else None
+            if handle is None:
+                prepared = None
+            # A prepared stream passed the same check when it was encoded.
+            if prepared is None and plan.k and plan.quasi_identifiers:
                 self._check_k_anonymity(entry.id, path, plan)
         except PolicyViolation as error:
             context.usage.record(
@@ -162,9 +237,94 @@ class ExchangeService:
                 "extract of %s by %s rejected: %s", entry.id, signer.account, error
             )
             raise
-        exchange_id = uuid.uuid4().hex
-        chunks = self._stream(exchange_id, entry, path, plan, request, signer)
-        return exchange_id, chunks
+        extract = _Extract(
+            uuid.uuid4().hex, entry, plan, request, signer, time.time(), prepared
+        )
+        if prepared is not None:
+            chunks = self._send_prepared(extract, prepared, handle)
+        else:
+            chunks = self._stream(extract, path, self.prepared.writer(key, entry.id))
+        draft = self._event(extract, rows=0, sent=0, sha256="")
+        size = prepared.bytes if prepared is not None else None
+        return OpenExtract(extract.exchange_id, draft.to_dict(), chunks, size)
+
+    def _key(self, entry, plan: ExtractPlan, row_filter, compression: str) -> str:
+        return extract_key(
+            dataset_sha256=entry.sha256,
+            columns=plan.columns,
+            row_filter=row_filter,
+            rules=plan.rules,
+            quasi_identifiers=plan.quasi_identifiers,
+            k=plan.k,
+            compression=compression,
+            secret=self.context.secret,
+        )
+
+    def prepare(self, entry) -> PreparedStream | None:
+        """Encode the whole-dataset extract of ``entry`` ahead of any request.
+
+        The stream follows the dataset's policy and uses the default
+        compression. Returns None for core data, when preparing is off, or
+        when the extract would fail its policy or k-anonymity check.
+        """
+        if not self.prepared.enabled or grade_family(entry) == "core":
+            return None
+        # Purposes, cities and approvals are checked per request and do not
+        # change the bytes, so the plan takes any purpose and city allowed.
+        policy = entry.policy or {}
+        purpose = (policy.get("purposes") or ["prepare"])[0]
+        city = (policy.get("cities") or [""])[0]
+        request = ExtractRequest(entry.id, purpose)
+        path = dataset_path(self.context.settings.data_dir, entry.name)
+        try:
+            plan = plan_extract(entry, request, consumer_city=city, approved=True)
+            if plan.k and plan.quasi_identifiers:
+                self._check_k_anonymity(entry.id, path, plan)
+        except PolicyViolation as error:
+            log.info("extract of %s not prepared: %s", entry.id, error)
+            return None
+        key = self._key(entry, plan, request.filter, request.compression)
+        writer = self.prepared.writer(key, entry.id)
+        digest = hashlib.sha256()
+        rows = 0
+        try:
+            for chunk, batch_rows in self._encode(path, plan, request.compression):
+                digest.update(chunk)
+                rows += batch_rows
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        stream = writer.commit(rows, digest.hexdigest())
+        if stream is not None:
+            log.info(
+                "prepared the extract of %s: %d rows, %d bytes",
+                entry.id,
+                rows,
+                stream.bytes,
+            )
+        return stream
+
+    def _send_prepared(
+        self, extract: _Extract, stream: PreparedStream, handle
+    ) -> Iterator[bytes]:
+        sent = 0
+        complete = False
+        unsent = None
+        try:
+            for chunk in self.prepared.read(handle):
+                if unsent is not None:
+                    sent += len(unsent)
+                    yield unsent
+                unsent = chunk
+            # As in _stream, the receipt is registered before the last chunk.
+            complete = True
+            self._finish(extract, stream.rows, stream.bytes, stream.sha256)
+            if unsent is not None:
+                yield unsent
+        finally:
+            if not complete:
+                self._finish(extract, 0, sent, "", complete=False)
 
     def _scan(self, path, plan: ExtractPlan) -> Iterator[pa.RecordBatch]:
         dataset = ds.dataset(path, format="parquet")
@@ -189,69 +349,60 @@ class ExchangeService:
                 "narrow the columns or generalize more"
             )
 
-    def _stream(
-        self,
-        exchange_id: str,
-        entry,
-        path,
-        plan: ExtractPlan,
-        request: ExtractRequest,
-        signer: SignerInfo,
-    ) -> Iterator[bytes]:
+    def _encode(
+        self, path, plan: ExtractPlan, compression: str
+    ) -> Iterator[tuple[bytes, int]]:
+        """Yield the Arrow IPC stream of ``plan`` as (chunk, rows in the chunk)."""
+        sink = _ChunkSink()
+        codec = None if compression == "none" else compression
+        options = pa.ipc.IpcWriteOptions(compression=codec)
+        writer = None
+        for batch in deidentify(
+            self._scan(path, plan), plan.rules, self.context.secret
+        ):
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, batch.schema, options=options)
+            writer.write_batch(batch)
+            yield sink.take(), batch.num_rows
+        if writer is None:
+            schema = self._output_schema(path, plan)
+            writer = pa.ipc.new_stream(sink, schema, options=options)
+        writer.close()
+        yield sink.take(), 0
+
+    def _stream(self, extract: _Extract, path, keep=None) -> Iterator[bytes]:
+        """Encode, hash and yield the extract; ``keep`` (a PreparedWriter) tees it."""
         digest = hashlib.sha256()
         sent = rows = 0
         complete = False
-        sink = _ChunkSink()
-        compression = None if request.compression == "none" else request.compression
-        options = pa.ipc.IpcWriteOptions(compression=compression)
+        unsent = None
+        compression = extract.request.compression
         try:
-            writer = None
-            for batch in deidentify(
-                self._scan(path, plan), plan.rules, self.context.secret
-            ):
-                if writer is None:
-                    writer = pa.ipc.new_stream(sink, batch.schema, options=options)
-                writer.write_batch(batch)
-                rows += batch.num_rows
-                chunk = sink.take()
+            for chunk, batch_rows in self._encode(path, extract.plan, compression):
                 digest.update(chunk)
-                sent += len(chunk)
-                yield chunk
-            if writer is None:
-                schema = self._output_schema(path, plan)
-                writer = pa.ipc.new_stream(sink, schema, options=options)
-            writer.close()
-            chunk = sink.take()
-            digest.update(chunk)
-            sent += len(chunk)
+                if keep is not None:
+                    keep.write(chunk)
+                if unsent is not None:
+                    sent += len(unsent)
+                    yield unsent
+                unsent = chunk
+                rows += batch_rows
+            sent += len(unsent)
+            sha256 = digest.hexdigest()
+            if keep is not None:
+                # Flushing the copy to disk must not delay the stream's end.
+                keep.commit_in_background(rows, sha256)
+                keep = None
             # The receipt is registered before the last chunk leaves, so a
             # consumer that requests it right after the stream ends finds it.
             complete = True
-            self._finish(
-                exchange_id,
-                entry,
-                plan,
-                request,
-                signer,
-                rows,
-                sent,
-                digest.hexdigest(),
-                complete=True,
-            )
-            yield chunk
+            self._finish(extract, rows, sent, sha256)
+            yield unsent
         finally:
+            if keep is not None:
+                keep.abort()
             if not complete:
-                self._finish(
-                    exchange_id,
-                    entry,
-                    plan,
-                    request,
-                    signer,
-                    rows,
-                    sent,
-                    digest.hexdigest(),
-                    complete=False,
-                )
+                self._finish(extract, rows, sent, digest.hexdigest(), complete=False)
 
     def _output_schema(self, path, plan: ExtractPlan) -> pa.Schema:
         empty = ds.dataset(path, format="parquet").schema.empty_table()
@@ -261,52 +412,65 @@ class ExchangeService:
         ]
         return next(deidentify(batches, plan.rules, self.context.secret)).schema
 
-    def _finish(
+    def _event(
         self,
-        exchange_id: str,
-        entry,
-        plan: ExtractPlan,
-        request: ExtractRequest,
-        signer: SignerInfo,
+        extract: _Extract,
+        *,
         rows: int,
         sent: int,
         sha256: str,
-        complete: bool,
-    ) -> None:
-        from citymesh.ledger.events import UsageEvent, sign_event
+        complete: bool = True,
+    ):
+        from citymesh.ledger.events import UsageEvent
 
-        event = UsageEvent(
+        return UsageEvent(
             kind="exchange",
-            dataset_id=entry.id,
+            dataset_id=extract.entry.id,
             provider=self.context.settings.city,
-            consumer=signer.account,
-            purpose=request.purpose,
+            consumer=extract.signer.account,
+            purpose=extract.request.purpose,
             rows=rows,
             bytes=sent,
-            time=time.time(),
+            time=extract.started,
             detail={
-                "exchange_id": exchange_id,
-                "grade": entry.grade,
-                "columns": plan.columns,
-                "filter": request.filter,
-                "deid": plan.rules,
+                "exchange_id": extract.exchange_id,
+                "grade": extract.entry.grade,
+                "columns": extract.plan.columns,
+                "filter": extract.request.filter,
+                "deid": extract.plan.rules,
                 "sha256": sha256,
                 "complete": complete,
+                "prepared": extract.prepared is not None,
             },
         )
+
+    def _finish(
+        self,
+        extract: _Extract,
+        rows: int,
+        sent: int,
+        sha256: str,
+        complete: bool = True,
+    ) -> None:
+        from citymesh.ledger.events import sign_event
+
+        event = self._event(
+            extract, rows=rows, sent=sent, sha256=sha256, complete=complete
+        )
         event = sign_event(event, self.context.identity.signing_key)
+        entry, signer = extract.entry, extract.signer
         if not complete:
             self.context.usage.log.append(event)
             log.warning(
                 "extract %s of %s to %s ended early after %d rows",
-                exchange_id,
+                extract.exchange_id,
                 entry.id,
                 signer.account,
                 rows,
             )
             return
         row = PendingExchange(
-            exchange_id=exchange_id,
+            exchange_id=extract.exchange_id,
             event=json.dumps(event.to_dict()),
             consumer=signer.account.lower(),
             consumer_pubkey=signer.pubkey.hex(),
@@ -317,7 +481,7 @@ class ExchangeService:
             session.commit()
         log.info(
             "extract %s of %s to %s: %d rows, %d bytes",
-            exchange_id,
+            extract.exchange_id,
             entry.id,
             signer.account,
             rows,
@@ -366,8 +530,9 @@ class ExchangeService:
         if invalid_signers(event):
             raise AuthError(
                 f"the receipt signature for exchange {exchange_id!r} does not verify "
-                f"with the key registered for {signer.account!r}: sign the event "
-                "returned by GET /exchange/{id}/receipt"
+                f"with the key registered for {signer.account!r}: the signed event "
+                "differs from the provider's (other rows, bytes or SHA-256 than "
+                "were sent?); compare with GET /exchange/{id}/receipt"
             )
         if not self._claim(exchange_id):
             raise NotFound(f"exchange {exchange_id!r} was confirmed already")

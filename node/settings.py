@@ -49,6 +49,14 @@ class NodeSettings(BaseSettings):
         ge=1,
         description="Maximum body of a signed request, in bytes; ingest has its own.",
     )
+    prepared_extract_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description=(
+            "Disk kept for prepared extract streams in extracts/, in bytes; "
+            "0 turns preparing off."
+        ),
+    )
     signature_window_s: float = Field(
         default=300.0,
         description="Accepted clock difference of a signed request, in seconds.",

@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 
 from citymesh.catalog.deid import (
+    deidentify,
     deidentify_batch,
     generalize_values,
     hash_values,
@@ -149,3 +150,58 @@ def test_pii_mplsstops_precision_recall():
     true_positives = len(flagged & truth)
     assert true_positives / len(flagged) == 1.0
     assert true_positives / len(truth) == 1.0
+
+
+@pytest.mark.parametrize("keep_last", [0, 1, 2, 10])
+def test_mask_matches_the_character_rule(keep_last):
+    def rule(item):
+        if item is None:
+            return None
+        text = str(item)
+        kept = text[-keep_last:] if keep_last else ""
+        return "*" * (len(text) - len(kept)) + kept
+
+    for values in (
+        pa.array(["héllo", "ü", None, "", "héllo"]),
+        pa.array([1545, -12, None, 7, 1545]),
+        pa.array([1.5, None]),
+        pa.array(["ab", "abc"], pa.large_string()),
+    ):
+        masked = mask_values(values, keep_last)
+        assert masked.type == pa.string()
+        assert masked.to_pylist() == [rule(item) for item in values.to_pylist()]
+
+
+def test_pseudonyms_agree_across_batches():
+    secret = b"k" * 32
+    batches = [
+        pa.record_batch({"plate": pa.array(["N1", "N2", None])}),
+        pa.record_batch({"plate": pa.array(["N2", "N3", "N1"])}),
+    ]
+    rules = {"plate": {"action": "hash"}}
+    out = [batch.column("plate") for batch in deidentify(batches, rules, secret)]
+    for source, hashed in zip(batches, out, strict=True):
+        assert (
+            hashed.to_pylist()
+            == hash_values(source.column("plate"), secret).to_pylist()
+        )
+    assert out[0][0] == out[1][2]
+
+
+def test_generalize_timestamps_with_time_zone_to_month():
+    values = pa.array(
+        [
+            datetime.datetime(2013, 1, 31, 23, tzinfo=datetime.UTC),
+            None,
+            datetime.datetime(2013, 2, 1, 5, tzinfo=datetime.UTC),
+            datetime.datetime(2013, 1, 1, 0, tzinfo=datetime.UTC),
+        ],
+        pa.timestamp("ms", tz="UTC"),
+    )
+    out = generalize_values(values, {"action": "generalize", "to": "month"})
+    assert out.to_pylist() == [
+        datetime.datetime(2013, 1, 1, tzinfo=datetime.UTC),
+        None,
+        datetime.datetime(2013, 2, 1, tzinfo=datetime.UTC),
+        datetime.datetime(2013, 1, 1, tzinfo=datetime.UTC),
+    ]

