@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=5,
+        default=10,
         help="runs per measurement; the best one counts",
     )
     parser.add_argument(

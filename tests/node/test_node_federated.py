@@ -1,12 +1,14 @@
 import asyncio
 import socket
+import ssl
 
-from fastapi import FastAPI
+import httpx
+from fastapi import FastAPI, Request
 
 from citymesh.catalog.codes import shared_codes
 from citymesh.node.app import create_app
 from citymesh.node.client import NodeClient
-from citymesh.node.federated import federated_search
+from citymesh.node.federated import federated_search, tls_context
 from citymesh.node.home import init_home
 from citymesh.node.identity import load_operator_token
 
@@ -79,3 +81,41 @@ def test_federated_search_pages(tmp_path, serve_app):
     assert [i["id"] for i in second.items] == ["ewr:set2", "jfk:set0"]
     exact = federated_search([ewr, jfk], code="04.5.1")
     assert [i["id"] for i in exact.items] == ["ewr:set1", "jfk:set1"]
+
+
+def port_recording_peer(ports: list[int]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/catalog/search")
+    async def search(request: Request) -> dict:
+        ports.append(request.client.port)
+        return {"items": [], "total": 0, "code_list": shared_codes().info()}
+
+    return app
+
+
+def test_federated_search_reuses_connections(serve_app):
+    ports: list[int] = []
+    url = serve_app(port_recording_peer(ports))
+    for _ in range(3):
+        result = federated_search([url], code="04.5")
+        assert [outcome.status for outcome in result.peers] == ["ok"]
+    assert len(ports) == 3
+    assert len(set(ports)) == 1
+
+
+def test_federated_search_logs_each_query(tmp_path, serve_app):
+    ewr = start_node(tmp_path, serve_app, "ewr", ["Air traffic", "Road counts"])
+    before = httpx.get(f"{ewr}/health", timeout=10).json()["usage_head"]
+    for _ in range(2):
+        result = federated_search([ewr], keyword="air")
+        assert [item["id"] for item in result.items] == ["ewr:set0"]
+    after = httpx.get(f"{ewr}/health", timeout=10).json()["usage_head"]
+    assert after == before + 2
+
+
+def test_peer_tls_context_verifies_certificates():
+    context = tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert tls_context() is context
