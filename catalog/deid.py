@@ -16,6 +16,7 @@ Actions per column:
 from __future__ import annotations
 
 import hmac
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,8 +31,30 @@ ACTIONS = ("drop", "mask", "hash", "generalize", "keep")
 HASH_BYTES = 16
 
 
-def check_rules(rules: dict[str, dict[str, Any]], columns: Iterable[str]) -> None:
-    """Raise InvalidInput when a rule names an unknown column or action."""
+RULE_KEYS = {
+    "drop": {"action"},
+    "keep": {"action"},
+    "hash": {"action"},
+    "mask": {"action", "keep_last"},
+    "generalize": {"action", "cell", "to", "band"},
+}
+GENERALIZE_UNITS = ("month", "year")
+
+
+def check_rules(
+    rules: dict[str, dict[str, Any]],
+    columns: Iterable[str],
+    types: dict[str, str] | None = None,
+) -> None:
+    """Raise InvalidInput for a rule that names an unknown column or is malformed.
+
+    ``types`` maps column names to Arrow type names (``str(pa.DataType)``);
+    with it, a ``generalize`` rule must also suit its column's type.
+    """
+    if not isinstance(rules, dict):
+        raise InvalidInput(
+            f"de-identification rules must be an object of column: rule, got {rules!r}"
+        )
     known = set(columns)
     for column, rule in rules.items():
         if column not in known:
@@ -39,12 +62,96 @@ def check_rules(rules: dict[str, dict[str, Any]], columns: Iterable[str]) -> Non
                 f"de-identification rule for unknown column {column!r}: the "
                 f"dataset's columns are {sorted(known)!r}"
             )
+        if not isinstance(rule, dict):
+            raise InvalidInput(
+                f"invalid de-identification rule {rule!r} for column {column!r}: "
+                'give an object such as {"action": "hash"}'
+            )
         action = rule.get("action")
         if action not in ACTIONS:
             raise InvalidInput(
                 f"invalid de-identification action {action!r} for column "
                 f"{column!r}: use one of {', '.join(ACTIONS)}"
             )
+        unknown = sorted(set(rule) - RULE_KEYS[action])
+        if unknown:
+            allowed = sorted(RULE_KEYS[action] - {"action"}) or "none"
+            raise InvalidInput(
+                f"unknown options {unknown!r} in the {action} rule for column "
+                f"{column!r}: the options of {action} are {allowed}"
+            )
+        if action == "mask":
+            _check_count(rule, "keep_last", column, minimum=0)
+        if action == "generalize":
+            _check_generalize(rule, column, (types or {}).get(column))
+
+
+def _check_count(rule: dict[str, Any], key: str, column: str, minimum: int) -> None:
+    value = rule.get(key, minimum)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(
+            f"invalid {key} {value!r} for column {column!r}: use a whole number "
+            f"of {minimum} or more"
+        )
+
+
+def _check_generalize(
+    rule: dict[str, Any], column: str, arrow_type: str | None
+) -> None:
+    options = [key for key in ("cell", "to", "band") if key in rule]
+    if len(options) > 1:
+        raise InvalidInput(
+            f"the generalize rule for column {column!r} sets {options!r}: set one of "
+            "cell (coordinates), to (dates) or band (numbers)"
+        )
+    if "cell" in rule:
+        cell = rule["cell"]
+        if (
+            isinstance(cell, bool)
+            or not isinstance(cell, int | float)
+            or not math.isfinite(cell)
+            or cell <= 0
+        ):
+            raise InvalidInput(
+                f"invalid cell {cell!r} for column {column!r}: use a grid size in "
+                "degrees above 0, such as 0.01"
+            )
+    if "to" in rule and rule["to"] not in GENERALIZE_UNITS:
+        raise InvalidInput(
+            f"invalid to {rule['to']!r} for column {column!r}: use "
+            f"{' or '.join(GENERALIZE_UNITS)}"
+        )
+    if "band" in rule:
+        _check_count(rule, "band", column, minimum=1)
+
+    # With the column's type known, the options must suit it.
+    if arrow_type is None:
+        return
+    numeric = arrow_type.startswith(("int", "uint", "float", "double", "decimal"))
+    temporal = arrow_type.startswith(("timestamp", "date"))
+    text = arrow_type in ("string", "large_string", "utf8", "large_utf8")
+
+    if ("cell" in rule or "band" in rule) and not numeric:
+        raise InvalidInput(
+            f"column {column!r} has type {arrow_type}, but cell and band "
+            "generalize numbers: use to for dates, or drop, mask or hash"
+        )
+    if "to" in rule and not (temporal or text):
+        raise InvalidInput(
+            f"column {column!r} has type {arrow_type}, but to generalizes dates: "
+            "use cell or band for numbers"
+        )
+    if text and "to" not in rule:
+        raise InvalidInput(
+            f"column {column!r} holds text, which generalize cuts to an ISO date's "
+            'month or year: set "to": "month" or "year" for date strings, or use '
+            "drop, mask or hash for other text"
+        )
+    if not (numeric or temporal or text):
+        raise InvalidInput(
+            f"cannot generalize column {column!r} of type {arrow_type}: use drop, "
+            "mask or hash for it"
+        )
 
 
 def _map_unique(values: pa.Array, function) -> pa.Array:

@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from citymesh.catalog.codes import CodeList, check_tier, shared_codes
-from citymesh.catalog.deid import check_rules
 from citymesh.catalog.models import DatasetEntry
 from citymesh.catalog.names import check_name, dataset_path
 from citymesh.catalog.pii import CATEGORIES, Finding, detect
+from citymesh.catalog.policy import check_policy
 from citymesh.catalog.quality import QualityAccumulator, count_outliers
 from citymesh.catalog.readers import (
     EmptyFile,
@@ -193,8 +193,10 @@ def ingest_file(
     fmt = detect_format(source, fmt)
     opened = open_source(source, fmt, parse_schema(schema))
     policy = dict(policy or {})
-    if "deid" in policy:
-        check_rules(policy["deid"], opened.schema.names)
+    check_policy(
+        policy,
+        [{"name": field.name, "type": str(field.type)} for field in opened.schema],
+    )
     quality = QualityAccumulator(opened.schema)
     findings: list[Finding] = []
     started = time.monotonic()

@@ -31,6 +31,48 @@ from citymesh.catalog.pii import personal_columns
 from citymesh.errors import InvalidInput, PolicyViolation
 
 FILTER_OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
+POLICY_KEYS = ("purposes", "cities", "deid", "quasi_identifiers", "k")
+
+
+def check_policy(policy: dict[str, Any], columns: list[dict[str, Any]]) -> None:
+    """Raise InvalidInput unless ``policy`` is a valid policy for ``columns``.
+
+    ``columns`` are the dataset's {"name", "type"} entries. A key outside
+    POLICY_KEYS is rejected, because a misspelled key would restrict nothing.
+    """
+    if not isinstance(policy, dict):
+        raise InvalidInput(f"a policy must be a JSON object, got {policy!r}")
+    unknown = sorted(set(policy) - set(POLICY_KEYS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown policy keys {unknown!r}: a policy may set "
+            f"{', '.join(POLICY_KEYS)}"
+        )
+    for key in ("purposes", "cities", "quasi_identifiers"):
+        value = policy.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidInput(f"policy {key} must be a list of strings, got {value!r}")
+    names = [column["name"] for column in columns]
+    missing = [
+        name for name in policy.get("quasi_identifiers", []) if name not in names
+    ]
+    if missing:
+        raise InvalidInput(
+            f"policy quasi_identifiers {missing!r} are not columns of the dataset: "
+            f"its columns are {names!r}"
+        )
+    k = policy.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InvalidInput(f"policy k must be a whole number of 1 or more, got {k!r}")
+    if k is not None and not policy.get("quasi_identifiers"):
+        raise InvalidInput(
+            f"policy k {k!r} needs quasi_identifiers: name the columns whose "
+            "combinations must each cover at least k rows"
+        )
+    types = {column["name"]: column.get("type", "") for column in columns}
+    check_rules(policy.get("deid", {}), names, types)
+
+
 COMPRESSIONS = ("lz4", "zstd", "none")
 
 
@@ -164,7 +206,8 @@ def plan_extract(
             f"{available!r}"
         )
     rules = dict(policy.get("deid") or {})
-    check_rules(rules, available)
+    types = {column["name"]: column.get("type", "") for column in entry.columns}
+    check_rules(rules, available, types)
     if family == "important":
         if not approved:
             raise PolicyViolation(

@@ -96,14 +96,33 @@ def open_source(path: Path, fmt: str, schema: pa.Schema | None = None) -> BatchS
         )
     try:
         if fmt == "csv":
-            return _open_csv(path, schema)
-        if fmt == "parquet":
-            return _open_parquet(path, schema)
-        if fmt == "jsonl":
-            return _open_jsonl(path, schema)
+            source = _open_csv(path, schema)
+        elif fmt == "parquet":
+            source = _open_parquet(path, schema)
+        elif fmt == "jsonl":
+            source = _open_jsonl(path, schema)
+        else:
+            raise InvalidInput(f"unknown source format {fmt!r}: use one of {FORMATS}")
     except (pa.ArrowInvalid, OSError) as error:
         raise read_error(path, fmt, error) from error
-    raise InvalidInput(f"unknown source format {fmt!r}: use one of {FORMATS}")
+    check_column_names(path, source.schema.names)
+    return source
+
+
+def check_column_names(path: Path, names: list[str]) -> None:
+    """Raise SchemaMismatch for blank or repeated column names."""
+    blank = [index + 1 for index, name in enumerate(names) if not name.strip()]
+    if blank:
+        raise SchemaMismatch(
+            f"source file {str(path)!r} has columns without a name at positions "
+            f"{blank!r}: name every column in the header"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SchemaMismatch(
+            f"source file {str(path)!r} has the column names {repeated!r} more than "
+            "once: give each column its own name"
+        )
 
 
 def _open_csv(path: Path, schema: pa.Schema | None) -> BatchSource:

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -129,7 +130,8 @@ def create_app(
         log.info("node %s started, account %s", settings.city, context.identity.account)
         context.start_anchoring()
         yield
-        context.exchange.sweep(max_age_s=0)
+        # Receipts still within their timeout stay pending across a restart.
+        context.exchange.sweep()
         context.close()
         log.info("node %s stopped", settings.city)
 
@@ -378,7 +380,7 @@ def create_app(
         if opened.size is not None:
             # A known length spares both sides the chunked framing.
             headers["Content-Length"] = str(opened.size)
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             opened.chunks,
             media_type=ARROW_STREAM_MEDIA_TYPE,
             headers=headers,
@@ -430,6 +432,30 @@ def create_app(
         return approval.model_dump()
 
     return app
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that closes its chunk generator when it ends.
+
+    Starlette (1.3) stops pulling chunks when the client goes away but leaves
+    the generator open until garbage collection. Closing it here runs the
+    generator's cleanup at once, so an extract cut off mid-stream reaches the
+    usage log before the response finishes.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], **options: Any) -> None:
+        self._chunks = chunks
+        super().__init__(chunks, **options)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded, so a cancelled response still closes the generator.
+            # Worker threads finish their chunk before a cancellation lands,
+            # so the generator is not running here.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._chunks.close)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -311,10 +311,17 @@ class NodeClient:
             # without copying them; the table then lives in that buffer.
             received = bytearray()
             digest = hashlib.sha256()
-            for chunk in response.iter_raw():
-                digest.update(chunk)
-                received.extend(chunk)
-            table = pa.ipc.open_stream(pa.py_buffer(received)).read_all()
+            try:
+                for chunk in response.iter_raw():
+                    digest.update(chunk)
+                    received.extend(chunk)
+                table = pa.ipc.open_stream(pa.py_buffer(received)).read_all()
+            except (httpx.TransportError, pa.ArrowException, OSError) as error:
+                raise CitymeshError(
+                    f"the extract stream of {dataset_id!r} (exchange {exchange_id}) "
+                    f"broke off after {len(received)} bytes: {error}; the receipt "
+                    "was not signed, so request the extract again"
+                ) from None
         result = ExtractResult(
             table, exchange_id, len(received), digest.hexdigest(), None, draft
         )

@@ -214,24 +214,10 @@ class NodeContext:
 
     def set_policy(self, dataset_id: str, policy: dict[str, Any]) -> DatasetEntry:
         """Check and store a dataset's policy (purposes, cities, deid, k)."""
-        from citymesh.catalog.deid import check_rules
+        from citymesh.catalog.policy import check_policy
 
         entry = self.store.get(dataset_id)
-        for key in ("purposes", "cities", "quasi_identifiers"):
-            value = policy.get(key, [])
-            if not isinstance(value, list) or not all(
-                isinstance(v, str) for v in value
-            ):
-                raise InvalidInput(
-                    f"policy {key} must be a list of strings, got {value!r}"
-                )
-        k = policy.get("k")
-        if k is not None and (not isinstance(k, int) or k < 1):
-            raise InvalidInput(f"policy k must be a positive integer, got {k!r}")
-        rules = policy.get("deid", {})
-        if not isinstance(rules, dict):
-            raise InvalidInput(f"policy deid must be an object, got {rules!r}")
-        check_rules(rules, [column["name"] for column in entry.columns])
+        check_policy(policy, entry.columns)
         entry = self.store.update_policy(dataset_id, policy)
         self.exchange.prepared.drop_dataset(entry.id)
         self._prepare(entry)

@@ -27,7 +27,8 @@ receipt the consumer does not confirm within ``RECEIPT_TIMEOUT_S`` is appended
 with the provider's signature alone and ``receipt: unconfirmed`` in its detail,
 so every extract reaches the log. Expired receipts are swept when the next
 extract starts and when the node stops. An extract cut off mid-stream is
-appended at once with ``complete: false``.
+appended with ``complete: false`` as soon as the response ends, with the
+bytes the HTTP server took before the consumer went away.
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ class ExchangeService:
                 entry, request, consumer_city=signer.city, approved=approved
             )
             path = dataset_path(context.settings.data_dir, entry.name)
+            if plan.expression is not None:
+                self._check_filter(path, plan, request)
             key = self._key(entry, plan, request.filter, request.compression)
             prepared = self.prepared.find(key)
             handle = self.prepared.open(prepared) if prepared is not None else None
@@ -247,6 +250,28 @@ class ExchangeService:
         draft = self._event(extract, rows=0, sent=0, sha256="")
         size = prepared.bytes if prepared is not None else None
         return OpenExtract(extract.exchange_id, draft.to_dict(), chunks, size)
+
+    @staticmethod
+    def _check_filter(path, plan: ExtractPlan, request: ExtractRequest) -> None:
+        """Raise InvalidInput when the filter does not fit the columns' types.
+
+        Arrow picks its comparison kernels by type even on an empty table, so
+        a value of the wrong type fails here instead of in the middle of the
+        stream.
+        """
+        empty = ds.dataset(path, format="parquet").schema.empty_table()
+        try:
+            empty.filter(plan.expression)
+        except (
+            pa.ArrowNotImplementedError,
+            pa.ArrowInvalid,
+            pa.ArrowTypeError,
+        ) as error:
+            raise InvalidInput(
+                f"invalid filter {request.filter!r} for dataset "
+                f"{request.dataset_id!r}: {error}; compare each column with a "
+                "value of its type"
+            ) from None
 
     def _key(self, entry, plan: ExtractPlan, row_filter, compression: str) -> str:
         return extract_key(
@@ -308,23 +333,46 @@ class ExchangeService:
     def _send_prepared(
         self, extract: _Extract, stream: PreparedStream, handle
     ) -> Iterator[bytes]:
+        """Yield a prepared stream, hashing it; hold back its end on a mismatch.
+
+        A file changed on disk since it was encoded is deleted, and the
+        consumer gets a stream without its end, so it never takes the bytes
+        for a complete extract. The log records the hash actually sent.
+        """
+        digest = hashlib.sha256()
         sent = 0
         complete = False
         unsent = None
+        reader = self.prepared.read(handle)
         try:
-            for chunk in self.prepared.read(handle):
+            for chunk in reader:
+                digest.update(chunk)
                 if unsent is not None:
-                    sent += len(unsent)
                     yield unsent
+                    sent += len(unsent)
                 unsent = chunk
+            if digest.hexdigest() != stream.sha256:
+                self.prepared.discard(stream)
+                log.error(
+                    "prepared extract %s of %s changed on disk (SHA-256 %s, "
+                    "recorded %s); it was deleted and extract %s stopped before "
+                    "its end",
+                    stream.key,
+                    extract.entry.id,
+                    digest.hexdigest(),
+                    stream.sha256,
+                    extract.exchange_id,
+                )
+                return
             # As in _stream, the receipt is registered before the last chunk.
             complete = True
             self._finish(extract, stream.rows, stream.bytes, stream.sha256)
             if unsent is not None:
                 yield unsent
         finally:
+            reader.close()
             if not complete:
-                self._finish(extract, 0, sent, "", complete=False)
+                self._finish(extract, 0, sent, digest.hexdigest(), complete=False)
 
     def _scan(self, path, plan: ExtractPlan) -> Iterator[pa.RecordBatch]:
         dataset = ds.dataset(path, format="parquet")
@@ -383,11 +431,10 @@ class ExchangeService:
                 if keep is not None:
                     keep.write(chunk)
                 if unsent is not None:
-                    sent += len(unsent)
                     yield unsent
+                    sent += len(unsent)
                 unsent = chunk
                 rows += batch_rows
-            sent += len(unsent)
             sha256 = digest.hexdigest()
             if keep is not None:
                 # Flushing the copy to disk must not delay the stream's end.
@@ -396,7 +443,7 @@ class ExchangeService:
             # The receipt is registered before the last chunk leaves, so a
             # consumer that requests it right after the stream ends finds it.
             complete = True
-            self._finish(extract, rows, sent, sha256)
+            self._finish(extract, rows, sent + len(unsent), sha256)
             yield unsent
         finally:
             if keep is not None:

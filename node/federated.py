@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 
 from citymesh.catalog.codes import shared_codes
+from citymesh.catalog.store import MAX_PAGE
+from citymesh.errors import InvalidInput
 from citymesh.node.signing import SignedRequestAuth, Signer
 
 log = logging.getLogger("citymesh.node")
@@ -183,13 +185,19 @@ async def federated_search_async(
     from ``peer_client``) lets searches reuse open connections to the peers.
     Without it the search opens a client of its own and closes it at the end.
     """
+    if limit < 1 or offset < 0 or offset + limit > MAX_PAGE:
+        raise InvalidInput(
+            f"invalid page (offset {offset!r}, limit {limit!r}): a federated search "
+            f"reads up to result {MAX_PAGE} of each peer, so use limit 1 or more, "
+            f"offset 0 or more and offset + limit up to {MAX_PAGE}"
+        )
     params = {
         "code": code,
         "q": keyword,
         "city": city,
         "grade": grade,
         "tier": tier,
-        "limit": min(offset + limit, 1000),
+        "limit": offset + limit,
         "offset": 0,
         "on_behalf_of": on_behalf_of if signer is not None else None,
     }

@@ -16,8 +16,9 @@ Files live in ``<home>/extracts``: ``<key>.json`` names the stream file and
 records its rows, bytes and SHA-256. A stream is written under a temporary
 name, flushed to disk, renamed, and only then published by writing the JSON
 file atomically, so a stream cut off by a crash is never found. A file found
-with another size than its record is deleted. The SHA-256 in the record goes
-into the receipt, and the consumer checks the bytes it received against it.
+with another size than its record is deleted. A stream is hashed again as it
+is sent, and one that no longer matches its record is deleted and sent
+without its end, so the consumer never takes it for a complete extract.
 
 The total size is bounded by ``limit_bytes``; the least recently sent
 streams go first. A limit of 0 turns preparing off.
@@ -146,18 +147,17 @@ class PreparedExtracts:
         if os.fstat(handle.fileno()).st_size != stream.bytes:
             handle.close()
             return None
-        os.utime(self._record_path(stream.key))
+        try:
+            os.utime(self._record_path(stream.key))
+        except FileNotFoundError:
+            # The record was replaced or evicted meanwhile; the open file is
+            # still the stream the record named.
+            pass
         return handle
 
     @staticmethod
     def read(handle: BinaryIO) -> Iterator[bytes]:
-        """Yield the bytes of an opened stream in chunks, then close it.
-
-        The node does not hash the file again: the receipt states the SHA-256
-        recorded when the stream was encoded, and the consumer compares it
-        with the hash of what arrived. A file changed on disk therefore fails
-        the consumer's check, which then refuses to sign the receipt.
-        """
+        """Yield the bytes of an opened stream in chunks, then close it."""
         with handle:
             while chunk := handle.read(READ_CHUNK_BYTES):
                 yield chunk
@@ -174,6 +174,11 @@ class PreparedExtracts:
             running = list(self._committing)
         for worker in running:
             worker.join(timeout_s)
+
+    def discard(self, stream: PreparedStream) -> None:
+        """Delete ``stream``, for example after it failed its hash check."""
+        with self._lock:
+            self._delete(stream.key)
 
     def drop_dataset(self, dataset_id: str) -> int:
         """Delete every prepared stream of ``dataset_id``; return how many."""

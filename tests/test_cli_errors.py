@@ -323,3 +323,45 @@ def test_job_validate_lists_catalog_ids(capsys, tmp_path: Path) -> None:
         "dataset 'ewr:missing' of city 'ewr' not found - the catalog of 'ewr' has "
         "'ewr:counts'"
     ) in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("node-dead", "cannot be reached"),
+        ("node-no-scheme", "is not an http(s) URL"),
+        ("timeout", "--timeout 0.0 is not above 0"),
+        ("out-folder", "is a folder: give a file name"),
+    ],
+)
+def test_exchange_request_errors(
+    capsys, keys: Path, tmp_path: Path, option: str, expected: str
+) -> None:
+    port = closed_port()
+    options = {
+        "--node": f"http://127.0.0.1:{port}",
+        "--timeout": "5",
+        "--out": str(tmp_path / "out.arrow"),
+    }
+    if option == "node-no-scheme":
+        options["--node"] = f"127.0.0.1:{port}"
+    if option == "timeout":
+        options["--timeout"] = "0"
+    if option == "out-folder":
+        options["--out"] = str(tmp_path)
+    args = [item for pair in options.items() for item in pair]
+    code, _, err = run_cli(
+        capsys,
+        "exchange",
+        "request",
+        "--keys",
+        str(keys),
+        "--dataset",
+        "ewr:flights",
+        "--purpose",
+        "research",
+        *args,
+    )
+    assert code == 1
+    assert "Traceback" not in err
+    assert expected in one_line(err)

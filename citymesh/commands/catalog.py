@@ -413,6 +413,11 @@ def dcat(
     if out is None:
         typer.echo(text)
         return
+    if out.is_dir() or not out.parent.is_dir():
+        raise InvalidInput(
+            f"--out {str(out)!r} is a folder or its folder does not exist: give a "
+            "file name in an existing folder"
+        )
     temporary = out.with_name(f".{out.name}.tmp")
     temporary.write_text(text + "\n", encoding="utf-8")
     temporary.replace(out)

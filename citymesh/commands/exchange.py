@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from citymesh.commands.remote import check_node_url, reaching_node
 from citymesh.errors import InvalidInput, NotFound
 
 app = typer.Typer(no_args_is_help=True)
@@ -248,10 +249,18 @@ def request(
     from citymesh.node.identity import NodeIdentity
 
     conditions = [parse_filter(text) for text in filter_ or []]
+    check_node_url(node)
+    if timeout <= 0:
+        raise InvalidInput(f"--timeout {timeout!r} is not above 0: give seconds")
+    if out.is_dir():
+        raise InvalidInput(f"--out {str(out)!r} is a folder: give a file name")
     if not out.parent.is_dir():
         raise NotFound(f"folder {str(out.parent)!r} of --out does not exist")
     signer = NodeIdentity.load(keys)
-    with NodeClient(node, signer=signer, timeout=timeout) as client:
+    with (
+        reaching_node(node),
+        NodeClient(node, signer=signer, timeout=timeout) as client,
+    ):
         result = client.extract(
             dataset, purpose=purpose, columns=column or None, row_filter=conditions
         )

@@ -261,3 +261,26 @@ def test_quality_distinct_estimate_large(tmp_path, node_dirs):
     column = ingest(source, node_dirs, name="big").quality["columns"]["key"]
     assert column["distinct_exact"] is False
     assert column["distinct"] == pytest.approx(200_000, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("a,a\n1,2\n", "column names \\['a'\\] more than once"),
+        (",b\n1,2\n", "columns without a name at positions \\[1\\]"),
+        ("a, \n1,2\n", "columns without a name at positions \\[2\\]"),
+    ],
+)
+def test_ingest_bad_column_names_rejected(tmp_path, node_dirs, header, message):
+    source = tmp_path / "names.csv"
+    source.write_text(header)
+    with pytest.raises(SchemaMismatch, match=message):
+        ingest(source, node_dirs)
+    assert_nothing_written(node_dirs)
+
+
+def test_ingest_names_differing_in_case_kept(tmp_path, node_dirs):
+    source = tmp_path / "names.jsonl"
+    source.write_text('{"a": 1, "A": 2}\n')
+    entry = ingest(source, node_dirs)
+    assert [column["name"] for column in entry.columns] == ["a", "A"]

@@ -314,3 +314,64 @@ def test_receipt_signed_over_other_rows_rejected(running_node, flights_csv):
             client.confirm_receipt(truncated)
         receipt = client.confirm_receipt(result)
     assert receipt["event"]["rows"] == result.table.num_rows
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"purpose": ["research"]}, "unknown policy keys \\['purpose'\\]"),
+        ({"k": 5, "quasi_identifiers": ["nope"]}, "\\['nope'\\] are not columns"),
+        ({"k": True, "quasi_identifiers": ["age"]}, "policy k must be a whole"),
+        ({"k": 3}, "policy k 3 needs quasi_identifiers"),
+        ({"deid": {"email": "drop"}}, "invalid de-identification rule 'drop'"),
+        ({"deid": {"lat": {"action": "generalize", "cell": 0}}}, "invalid cell 0"),
+        ({"deid": {"lat": {"action": "generalize", "cell": -1}}}, "invalid cell -1"),
+        (
+            {"deid": {"lat": {"action": "generalize", "cell": "abc"}}},
+            "invalid cell 'abc'",
+        ),
+        (
+            {"deid": {"phone": {"action": "mask", "keep_last": "x"}}},
+            "invalid keep_last 'x'",
+        ),
+        (
+            {"deid": {"phone": {"action": "mask", "keep": 2}}},
+            "unknown options \\['keep'\\] in the mask rule",
+        ),
+        (
+            {"deid": {"neighborhood": {"action": "generalize"}}},
+            "column 'neighborhood' holds text",
+        ),
+        (
+            {"deid": {"gender": {"action": "generalize", "band": 10}}},
+            "has type string, but cell and band generalize numbers",
+        ),
+        (
+            {"deid": {"age": {"action": "generalize", "to": "week"}}},
+            "invalid to 'week'",
+        ),
+        (
+            {"deid": {"age": {"action": "generalize", "band": 5, "cell": 1}}},
+            "set one of cell",
+        ),
+    ],
+)
+def test_policy_rejects_weak_or_malformed(running_node, residents_csv, policy, message):
+    with operator(running_node) as client:
+        client.ingest(residents_csv, name="residents", code="03.1.0")
+        before = client.dataset("ewr:residents")["policy"]
+        with pytest.raises(InvalidInput, match=message):
+            client.set_policy("ewr:residents", policy)
+        assert client.dataset("ewr:residents")["policy"] == before
+
+
+def test_filter_of_wrong_type_rejected_before_stream(running_node, flights_csv):
+    with operator(running_node) as client:
+        client.ingest(flights_csv, name="flights", code="04.5.4")
+    with consumer(running_node) as client:
+        with pytest.raises(InvalidInput, match="invalid filter \\[\\['month', '=="):
+            client.extract(
+                "ewr:flights", purpose="research", row_filter=[["month", "==", "one"]]
+            )
+    kinds = [item["event"]["kind"] for item in log_events(running_node)]
+    assert "exchange" not in kinds

@@ -3,9 +3,11 @@ import socket
 import ssl
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 
 from citymesh.catalog.codes import shared_codes
+from citymesh.errors import InvalidInput
 from citymesh.node.app import create_app
 from citymesh.node.client import NodeClient
 from citymesh.node.federated import federated_search, tls_context
@@ -119,3 +121,9 @@ def test_peer_tls_context_verifies_certificates():
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
     assert tls_context() is context
+
+
+@pytest.mark.parametrize(("offset", "limit"), [(-1, 10), (0, 0), (995, 10), (0, 1001)])
+def test_federated_search_rejects_bad_page(offset, limit):
+    with pytest.raises(InvalidInput, match=f"offset {offset}, limit {limit}"):
+        federated_search(["http://127.0.0.1:1"], offset=offset, limit=limit)
