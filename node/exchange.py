@@ -333,12 +333,15 @@ class ExchangeService:
     def _send_prepared(
         self, extract: _Extract, stream: PreparedStream, handle
     ) -> Iterator[bytes]:
-        """Yield a prepared stream, hashing it; hold back its end on a mismatch.
+        """Yield a prepared stream; hold back its end if it fails its hash check.
 
-        A file changed on disk since it was encoded is deleted, and the
-        consumer gets a stream without its end, so it never takes the bytes
-        for a complete extract. The log records the hash actually sent.
+        A file changed since it was last hashed is hashed as it is sent. If it
+        no longer matches its record, it is deleted, and the consumer gets a
+        stream without its end, so it never takes the bytes for a complete
+        extract. The log then records the hash actually sent.
         """
+        identity = self.prepared.identity(handle)
+        checked = not self.prepared.is_verified(stream, identity)
         digest = hashlib.sha256()
         sent = 0
         complete = False
@@ -346,12 +349,13 @@ class ExchangeService:
         reader = self.prepared.read(handle)
         try:
             for chunk in reader:
-                digest.update(chunk)
+                if checked:
+                    digest.update(chunk)
                 if unsent is not None:
                     yield unsent
                     sent += len(unsent)
                 unsent = chunk
-            if digest.hexdigest() != stream.sha256:
+            if checked and digest.hexdigest() != stream.sha256:
                 self.prepared.discard(stream)
                 log.error(
                     "prepared extract %s of %s changed on disk (SHA-256 %s, "
@@ -364,6 +368,8 @@ class ExchangeService:
                     extract.exchange_id,
                 )
                 return
+            if checked:
+                self.prepared.mark_verified(stream, identity)
             # As in _stream, the receipt is registered before the last chunk.
             complete = True
             self._finish(extract, stream.rows, stream.bytes, stream.sha256)
@@ -372,7 +378,8 @@ class ExchangeService:
         finally:
             reader.close()
             if not complete:
-                self._finish(extract, 0, sent, digest.hexdigest(), complete=False)
+                sha256 = digest.hexdigest() if checked else ""
+                self._finish(extract, 0, sent, sha256, complete=False)
 
     def _scan(self, path, plan: ExtractPlan) -> Iterator[pa.RecordBatch]:
         dataset = ds.dataset(path, format="parquet")

@@ -16,9 +16,10 @@ Files live in ``<home>/extracts``: ``<key>.json`` names the stream file and
 records its rows, bytes and SHA-256. A stream is written under a temporary
 name, flushed to disk, renamed, and only then published by writing the JSON
 file atomically, so a stream cut off by a crash is never found. A file found
-with another size than its record is deleted. A stream is hashed again as it
-is sent, and one that no longer matches its record is deleted and sent
-without its end, so the consumer never takes it for a complete extract.
+with another size than its record is deleted. A stream file changed since it
+was last hashed (its modification time differs) is hashed again as it is
+sent, and one that no longer matches its record is deleted and sent without
+its end, so the consumer never takes it for a complete extract.
 
 The total size is bounded by ``limit_bytes``; the least recently sent
 streams go first. A limit of 0 turns preparing off.
@@ -97,6 +98,9 @@ class PreparedExtracts:
         self.limit_bytes = limit_bytes
         self._lock = threading.Lock()
         self._committing: set[threading.Thread] = set()
+        # Stream key -> (inode, size, mtime in ns) of a file whose hash matched
+        # its record, when written or when last sent.
+        self._verified: dict[str, tuple[int, int, int]] = {}
         if self.enabled:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._remove_leftovers()
@@ -154,6 +158,31 @@ class PreparedExtracts:
             # still the stream the record named.
             pass
         return handle
+
+    @staticmethod
+    def identity(handle: BinaryIO) -> tuple[int, int, int]:
+        """Return the inode, size and modification time (ns) of an open file."""
+        return _identity(handle)
+
+    def is_verified(
+        self, stream: PreparedStream, identity: tuple[int, int, int]
+    ) -> bool:
+        """Tell whether the file with ``identity`` matched its hash when last read.
+
+        A write to the file changes its modification time, so only a change
+        that bypasses the file system (a failing disk) goes unseen here. The
+        consumer still checks the bytes against the recorded hash, and a
+        mismatch leaves the receipt unsigned.
+        """
+        with self._lock:
+            return self._verified.get(stream.key) == identity
+
+    def mark_verified(
+        self, stream: PreparedStream, identity: tuple[int, int, int]
+    ) -> None:
+        """Remember that the file of ``stream`` hashed to its record."""
+        with self._lock:
+            self._verified[stream.key] = identity
 
     @staticmethod
     def read(handle: BinaryIO) -> Iterator[bytes]:
@@ -235,6 +264,7 @@ class PreparedExtracts:
             total -= size
 
     def _delete(self, key: str) -> None:
+        self._verified.pop(key, None)
         record_path = self._record_path(key)
         try:
             name = json.loads(record_path.read_text()).get("file")
@@ -257,6 +287,11 @@ class PreparedExtracts:
                 path.suffix == ".arrows" and path.name not in named
             ):
                 path.unlink(missing_ok=True)
+
+
+def _identity(handle: BinaryIO) -> tuple[int, int, int]:
+    status = os.fstat(handle.fileno())
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 class PreparedWriter:
@@ -292,6 +327,8 @@ class PreparedWriter:
         handle.close()
         path = self.store.folder / self.name
         os.replace(self.temporary, path)
+        with open(path, "rb") as written:
+            identity = _identity(written)
         record = {
             "file": self.name,
             "dataset_id": self.dataset_id,
@@ -301,6 +338,9 @@ class PreparedWriter:
             "created_at": time.time(),
         }
         self.store._publish(self.key, record)
+        with self.store._lock:
+            # Hashed as it was written, so the first send need not hash again.
+            self.store._verified[self.key] = identity
         return PreparedStream(self.key, path, self.dataset_id, rows, self._size, sha256)
 
     def commit_in_background(self, rows: int, sha256: str) -> threading.Thread:

@@ -332,3 +332,13 @@ def test_pending_receipt_survives_restart(tmp_path, flights_csv):
 
     entry = run_lifespan(restarted, confirm)
     assert len(entry.event.signatures) == 2
+
+
+def test_stream_hashed_at_write_needs_no_second_hash(tmp_path):
+    store = PreparedExtracts(tmp_path, limit_bytes=10_000)
+    stream = write_stream(store, "a" * 64, 10)
+    with open(stream.path, "rb") as handle:
+        assert store.is_verified(stream, store.identity(handle))
+    os.utime(stream.path, ns=(1, 1))
+    with open(stream.path, "rb") as handle:
+        assert not store.is_verified(stream, store.identity(handle))
