@@ -30,7 +30,17 @@ from .canonical import MAX_SAFE_INTEGER, canonical_json, json_string
 
 EVENT_VERSION = 1
 KINDS = frozenset(
-    {"approval", "exchange", "ingest", "query", "refusal", "settlement", "train_round"}
+    {
+        "approval",
+        "exchange",
+        "ingest",
+        "policy",
+        "query",
+        "refusal",
+        "revocation",
+        "settlement",
+        "train_round",
+    }
 )
 SIGNING_DOMAIN = b"citymesh usage event v1\x00"
 GENESIS_HASH = bytes(32)

@@ -29,12 +29,19 @@ REPORT_FIELDS = (
     "first_time",
     "last_time",
     "violations",
+    "unconfirmed",
 )
 
 
 @dataclass(frozen=True)
 class UsageRow:
-    """Totals of one (dataset, consumer, city, purpose) group; times in unix s."""
+    """Totals of one (dataset, consumer, city, purpose) group; times in unix s.
+
+    ``unconfirmed`` counts the events whose receipt the consumer never signed:
+    extracts cut off mid-stream (``complete: false``) and receipts that timed
+    out (``receipt: unconfirmed``). Their rows and bytes are in the totals,
+    as the provider sent them, but the consumer did not confirm receiving them.
+    """
 
     dataset_id: str
     consumer: str
@@ -46,6 +53,13 @@ class UsageRow:
     first_time: float
     last_time: float
     violations: int
+    unconfirmed: int = 0
+
+
+def is_unconfirmed(event: UsageEvent) -> bool:
+    """Tell whether an event records a use that its consumer did not confirm."""
+    detail = event.detail
+    return detail.get("complete") is False or detail.get("receipt") == "unconfirmed"
 
 
 @dataclass(frozen=True)
@@ -108,9 +122,11 @@ def usage_report(
                 "first": event.time,
                 "last": event.time,
                 "violations": 0,
+                "unconfirmed": 0,
             },
         )
         totals["events"] += 1
+        totals["unconfirmed"] += is_unconfirmed(event)
         totals["rows"] += event.rows
         totals["bytes"] += event.bytes
         totals["first"] = min(totals["first"], event.time)
@@ -141,6 +157,7 @@ def usage_report(
                 first_time=totals["first"],
                 last_time=totals["last"],
                 violations=int(totals["violations"]),
+                unconfirmed=int(totals["unconfirmed"]),
             )
         )
     return report

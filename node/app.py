@@ -428,7 +428,7 @@ def create_app(
 
     @app.delete("/exchange/approvals/{approval_id}", dependencies=[Depends(operator)])
     async def revoke_approval(approval_id: str) -> dict[str, Any]:
-        approval = await run_in_threadpool(context.approvals.revoke, approval_id)
+        approval = await run_in_threadpool(context.revoke_approval, approval_id)
         return approval.model_dump()
 
     return app

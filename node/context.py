@@ -219,6 +219,9 @@ class NodeContext:
         entry = self.store.get(dataset_id)
         check_policy(policy, entry.columns)
         entry = self.store.update_policy(dataset_id, policy)
+        self.usage.record(
+            "policy", entry.id, OPERATOR, "policy-change", detail={"policy": policy}
+        )
         self.exchange.prepared.drop_dataset(entry.id)
         self._prepare(entry)
         return entry
@@ -235,6 +238,18 @@ class NodeContext:
             consumer,
             purpose,
             detail={"approval_id": approval.id, "expires_at": expires_at},
+        )
+        return approval
+
+    def revoke_approval(self, approval_id: str) -> Any:
+        """Revoke an approval of extracts; log it."""
+        approval = self.approvals.revoke(approval_id)
+        self.usage.record(
+            "revocation",
+            approval.dataset_id,
+            approval.consumer,
+            approval.purpose,
+            detail={"approval_id": approval.id},
         )
         return approval
 

@@ -117,3 +117,29 @@ def test_report_csv_json_table():
     table = report_table(report)
     assert table[0][:4] == ["dataset_id", "consumer", "city", "purpose"]
     assert table[2][4] == "2"
+
+
+def test_report_counts_unconfirmed_extracts():
+    def extract(time, **detail):
+        return UsageEvent(
+            kind="exchange",
+            dataset_id="ewr:flights",
+            provider="ewr",
+            consumer="jfk",
+            purpose="research",
+            rows=100,
+            bytes=1_000,
+            time=time,
+            detail={"complete": True, **detail},
+        )
+
+    events = [
+        extract(1.0),
+        extract(2.0, complete=False),
+        extract(3.0, receipt="unconfirmed"),
+    ]
+    [row] = usage_report(events).rows
+    assert row.events == 3
+    assert row.unconfirmed == 2
+    assert row.rows == 300
+    assert report_csv(usage_report(events)).splitlines()[0].endswith(",unconfirmed")

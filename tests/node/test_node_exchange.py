@@ -375,3 +375,22 @@ def test_filter_of_wrong_type_rejected_before_stream(running_node, flights_csv):
             )
     kinds = [item["event"]["kind"] for item in log_events(running_node)]
     assert "exchange" not in kinds
+
+
+def test_policy_change_and_revocation_logged(running_node, residents_csv):
+    policy = {"purposes": ["research"], "deid": {"email": {"action": "hash"}}}
+    with operator(running_node) as client:
+        client.ingest(residents_csv, name="residents", code="03.1.0")
+        client.set_policy("ewr:residents", policy)
+        approval = client.approve(
+            "ewr:residents", running_node.peer.account, "research"
+        )
+        client.revoke_approval(approval["id"])
+    events = [item["event"] for item in log_events(running_node)]
+    kinds = [event["kind"] for event in events]
+    assert kinds[-3:] == ["policy", "approval", "revocation"]
+    assert events[-3]["detail"]["policy"] == policy
+    assert events[-3]["dataset_id"] == "ewr:residents"
+    assert events[-1]["detail"]["approval_id"] == approval["id"]
+    assert events[-1]["consumer"] == running_node.peer.account.lower()
+    assert events[-1]["purpose"] == "research"
