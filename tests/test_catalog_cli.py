@@ -464,3 +464,21 @@ def test_request_unknown_signer_rejected(capsys, provider, tmp_path) -> None:
     code, _, err = run_cli(capsys, *args)
     assert code == 1
     assert "HTTP 401" in err
+
+
+def test_search_tier_offset_and_total(capsys, provider) -> None:
+    base = [
+        "catalog", "search", "--node", provider["url"], "--keys",
+        str(provider["keys"]), "--format", "json",
+    ]  # fmt: skip
+    code, out, err = run_cli(capsys, *base, "--tier", "raw")
+    assert code == 0, err
+    assert [item["id"] for item in json.loads(out)] == ["ewr:flights"]
+    assert f"{provider['url']}: 1 of 1 matches from offset 0" in err
+    code, out, err = run_cli(capsys, *base, "--tier", "topic")
+    assert code == 0, err
+    assert json.loads(out) == []
+    code, out, err = run_cli(capsys, *base, "--offset", "1")
+    assert code == 0, err
+    assert json.loads(out) == []
+    assert f"{provider['url']}: 0 of 1 matches from offset 1" in err

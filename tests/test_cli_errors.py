@@ -167,6 +167,22 @@ def test_grades_match_code_list() -> None:
     assert set(GRADES) == set(shared_codes().grades)
 
 
+def test_tiers_match_catalog() -> None:
+    from citymesh.catalog.codes import TIERS as CATALOG_TIERS
+    from citymesh.commands.catalog import TIERS
+
+    assert TIERS == CATALOG_TIERS
+
+
+def test_search_rejects_unknown_tier(capsys, keys: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, _, err = run_cli(
+        capsys, "catalog", "search", "--node", url, "--keys", str(keys), "--tier", "x"
+    )
+    assert code == 1
+    assert "--tier 'x' is unknown; use one of raw, thematic, topic" in one_line(err)
+
+
 def test_ledger_port_out_of_range(capsys, tmp_path: Path) -> None:
     code, _, err = run_cli(
         capsys, "ledger", "serve", "--state", str(tmp_path / "s.db"), "--port", "70000"

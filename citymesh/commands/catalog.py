@@ -29,6 +29,8 @@ GRADES = (
     "important",
     "core",
 )
+# The dataset tiers of citymesh.catalog.codes; a test checks this list too.
+TIERS = ("raw", "thematic", "topic")
 
 
 @app.command()
@@ -48,19 +50,32 @@ def search(
         str | None,
         typer.Option(help=f"Sensitivity grade: {', '.join(GRADES)}."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Results per node.", min=1)] = 50,
+    tier: Annotated[
+        str | None, typer.Option(help=f"Dataset tier: {', '.join(TIERS)}.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(help="Results per node, 1 to 1000.", min=1, max=1000)
+    ] = 50,
+    offset: Annotated[
+        int,
+        typer.Option(help="Results to skip on each node, for the next page.", min=0),
+    ] = 0,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Search one or more nodes' catalogs.
 
-    A node that cannot be reached is reported on stderr, the other nodes'
-    results are still printed, and the command then exits 1.
+    Each node returns its matches in id order, a page of --limit from
+    --offset; stderr shows how many each node has in all. A node that cannot
+    be reached is reported on stderr, the other nodes' results are still
+    printed, and the command then exits 1.
     """
     from citymesh.commands.remote import NodeUnreachable, check_node_url
     from citymesh.node.identity import NodeIdentity
 
     _check_format(output)
     _check_grade(grade)
+    if tier is not None and tier not in TIERS:
+        raise InvalidInput(f"--tier {tier!r} is unknown; use one of {', '.join(TIERS)}")
     for url in node:
         check_node_url(url)
     signer = NodeIdentity.load(keys)
@@ -68,7 +83,9 @@ def search(
     unreachable: list[str] = []
     for url in node:
         try:
-            page = _search_node(url, signer, code, keyword, city, grade, limit)
+            page = _search_node(
+                url, signer, code, keyword, city, grade, tier, limit, offset
+            )
         except NodeUnreachable as error:
             if len(node) == 1:
                 raise
@@ -76,6 +93,12 @@ def search(
             unreachable.append(url)
             continue
         items.extend(page["items"])
+        shown = len(page["items"])
+        total = page.get("total", shown)
+        more = "" if page.get("total_exact", True) else " or more"
+        typer.echo(
+            f"{url}: {shown} of {total}{more} matches from offset {offset}", err=True
+        )
     _print_items(items, output)
     if len(unreachable) == len(node):
         raise NodeUnreachable(
@@ -96,14 +119,22 @@ def _search_node(
     keyword: str | None,
     city: str | None,
     grade: str | None,
+    tier: str | None,
     limit: int,
+    offset: int,
 ) -> dict[str, Any]:
     from citymesh.commands.remote import reaching_node
     from citymesh.node.client import NodeClient
 
     with reaching_node(url), NodeClient(url, signer=signer) as client:
         return client.search(
-            code=code, keyword=keyword, city=city, grade=grade, limit=limit
+            code=code,
+            keyword=keyword,
+            city=city,
+            grade=grade,
+            tier=tier,
+            limit=limit,
+            offset=offset,
         )
 
 
