@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -482,3 +483,65 @@ def test_search_tier_offset_and_total(capsys, provider) -> None:
     assert code == 0, err
     assert json.loads(out) == []
     assert f"{provider['url']}: 0 of 1 matches from offset 1" in err
+
+
+def test_policy_and_revoke_offline(capsys, home: Path, flights_csv, tmp_path) -> None:
+    ingest(capsys, home, flights_csv, "flights", "--code", "04.5.4")
+    policy = {"purposes": ["research"], "deid": {"tailnum": {"action": "hash"}}}
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(policy))
+    code, out, err = run_cli(
+        capsys, "exchange", "policy", "--home", str(home), "--dataset",
+        "ewr:flights", "--file", str(policy_file),
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out) == policy
+    assert "node database (node not running)" in err
+    code, out, _ = run_cli(
+        capsys, "exchange", "policy", "--home", str(home), "--dataset", "ewr:flights"
+    )
+    assert json.loads(out) == policy
+    consumer = NodeIdentity.generate().account
+    code, out, err = run_cli(
+        capsys, "exchange", "approve", "--home", str(home), "--dataset",
+        "ewr:flights", "--consumer", consumer, "--purpose", "research",
+        "--format", "json",
+    )  # fmt: skip
+    approval_id = json.loads(out)["id"]
+    code, out, err = run_cli(
+        capsys, "exchange", "revoke", "--home", str(home), "--approval", approval_id
+    )
+    assert code == 0, err
+    assert f"revoked {approval_id}" in out
+    kinds = [entry.event.kind for entry in UsageLog(home / "usage.db").entries()]
+    assert kinds == ["ingest", "policy", "approval", "revocation"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not JSON"),
+        ('{"purpose": ["x"]}', "unknown policy keys \\['purpose'\\]"),
+    ],
+)
+def test_policy_file_rejected(
+    capsys, home: Path, flights_csv, tmp_path, content, message
+) -> None:
+    ingest(capsys, home, flights_csv, "flights", "--code", "04.5.4")
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(content)
+    code, _, err = run_cli(
+        capsys, "exchange", "policy", "--home", str(home), "--dataset",
+        "ewr:flights", "--file", str(policy_file),
+    )  # fmt: skip
+    assert code == 1
+    assert "Traceback" not in err
+    assert re.search(message, " ".join(err.split()))
+
+
+def test_revoke_unknown_approval(capsys, home: Path) -> None:
+    code, _, err = run_cli(
+        capsys, "exchange", "revoke", "--home", str(home), "--approval", "nope"
+    )
+    assert code == 1
+    assert "approval 'nope' does not exist" in err

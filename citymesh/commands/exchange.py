@@ -135,6 +135,93 @@ def approve(
 
 
 @app.command()
+def revoke(
+    home: Annotated[Path, typer.Option(help="The provider's node home.")],
+    approval: Annotated[
+        str, typer.Option(help="Id of the approval to revoke (see `approvals`).")
+    ],
+) -> None:
+    """Revoke an approval, so its consumer's next extract is rejected.
+
+    Goes through the node's HTTP API when the node is running, else the node
+    database directly. Both ways log a revocation usage event.
+    """
+    settings = _settings(home)
+    client = _running_client(settings)
+    if client is not None:
+        with client:
+            revoked = client.revoke_approval(approval)
+        via = f"node API at {client.base_url}"
+    else:
+        context = _local_context(settings)
+        try:
+            revoked = context.revoke_approval(approval).model_dump()
+        finally:
+            context.close()
+        via = "node database (node not running)"
+    typer.echo(
+        f"revoked {revoked['id']}: {revoked['consumer']} may no longer extract "
+        f"{revoked['dataset_id']} for {revoked['purpose']!r}; written through {via}"
+    )
+
+
+@app.command()
+def policy(
+    home: Annotated[Path, typer.Option(help="The provider's node home.")],
+    dataset: Annotated[str, typer.Option(help="Dataset id, e.g. ewr:flights.")],
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON policy to set: purposes, cities, deid, quasi_identifiers, "
+            "k. Without it, print the current policy."
+        ),
+    ] = None,
+) -> None:
+    """Show or set a dataset's policy for extracts.
+
+    Showing reads the node database. Setting checks the policy against the
+    dataset's columns, logs a policy usage event and prepares the
+    whole-dataset extract again; it goes through the node's HTTP API when the
+    node is running, else the node database.
+    """
+    new_policy = None
+    if file is not None:
+        try:
+            new_policy = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NotFound(f"policy file {str(file)!r} does not exist") from None
+        except (ValueError, UnicodeError) as error:
+            raise InvalidInput(
+                f"policy file {str(file)!r} is not JSON: {error}"
+            ) from None
+    settings = _settings(home)
+    if new_policy is None:
+        from citymesh.catalog.store import CatalogStore
+
+        store = CatalogStore(settings.database)
+        try:
+            current = store.get(dataset).policy or {}
+        finally:
+            store.close()
+        typer.echo(json.dumps(current, indent=2))
+        return
+    client = _running_client(settings)
+    if client is not None:
+        with client:
+            entry = client.set_policy(dataset, new_policy)
+        via = f"node API at {client.base_url}"
+    else:
+        context = _local_context(settings)
+        try:
+            entry = context.set_policy(dataset, new_policy).public()
+        finally:
+            context.close()
+        via = "node database (node not running)"
+    typer.echo(json.dumps(entry.get("policy") or {}, indent=2))
+    typer.echo(f"policy of {dataset} set through {via}", err=True)
+
+
+@app.command()
 def approvals(
     home: Annotated[Path, typer.Option(help="The provider's node home.")],
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
