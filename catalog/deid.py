@@ -143,7 +143,7 @@ def _check_generalize(
         )
     if text and "to" not in rule:
         raise InvalidInput(
-            f"column {column!r} holds text, which generalize cuts to an ISO date's "
+            f"column {column!r} contains text, which generalize cuts to an ISO date's "
             'month or year: set "to": "month" or "year" for date strings, or use '
             "drop, mask or hash for other text"
         )

@@ -340,7 +340,7 @@ def test_receipt_signed_over_other_rows_rejected(running_node, flights_csv):
         ),
         (
             {"deid": {"neighborhood": {"action": "generalize"}}},
-            "column 'neighborhood' holds text",
+            "column 'neighborhood' contains text",
         ),
         (
             {"deid": {"gender": {"action": "generalize", "band": 10}}},
