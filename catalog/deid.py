@@ -226,14 +226,18 @@ def _mask(values: pa.Array, keep_last: int) -> pa.Array:
         arrow_type = values.type
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         length = pc.utf8_length(values)
-        kept = (
+        visible_tail = (
             pc.utf8_slice_codeunits(values, start=-keep_last)
             if keep_last
             else pc.utf8_slice_codeunits(values, start=0, stop=0)
         )
-        hidden = pc.max_element_wise(pc.subtract(length, pc.utf8_length(kept)), 0)
+        hidden = pc.max_element_wise(
+            pc.subtract(length, pc.utf8_length(visible_tail)), 0
+        )
         stars = pc.binary_repeat(pa.scalar("*", values.type), hidden)
-        masked = pc.binary_join_element_wise(stars, kept, pa.scalar("", values.type))
+        masked = pc.binary_join_element_wise(
+            stars, visible_tail, pa.scalar("", values.type)
+        )
         return pc.cast(masked, pa.string())
 
     def mask(item: Any) -> str:

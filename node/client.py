@@ -333,7 +333,7 @@ class NodeClient:
         """Check the provider's receipt of an extract, sign it and send it back.
 
         With the draft from the extract's response header, the client fills
-        in the rows, bytes and SHA-256 it received and signs that event; the
+        in the rows, bytes and SHA-256 it received and signs that event. The
         provider accepts the signature only if its own event is the same.
         Without a draft, it fetches the provider's event and compares first.
         """

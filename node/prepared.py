@@ -16,12 +16,12 @@ Files live in ``<home>/extracts``: ``<key>.json`` names the stream file and
 records its rows, bytes and SHA-256. A stream is written under a temporary
 name, flushed to disk, renamed, and only then published by writing the JSON
 file atomically, so a stream cut off by a crash is never found. A file found
-with another size than its record is deleted. A stream file changed since it
-was last hashed (its modification time differs) is hashed again as it is
-sent, and one that no longer matches its record is deleted and sent without
-its end, so the consumer never takes it for a complete extract.
+with another size than its record is deleted. A stream file whose
+modification time changed since it was last hashed is hashed again as it is
+sent. If it no longer matches its record, it is deleted and sent without its
+end, so the consumer never takes it for a complete extract.
 
-The total size is bounded by ``limit_bytes``; the least recently sent
+The total size is bounded by ``limit_bytes``, and the least recently sent
 streams go first. A limit of 0 turns preparing off.
 """
 

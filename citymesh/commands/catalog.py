@@ -93,11 +93,11 @@ def search(
             unreachable.append(url)
             continue
         items.extend(page["items"])
-        shown = len(page["items"])
-        total = page.get("total", shown)
+        returned = len(page["items"])
+        total = page.get("total", returned)
         more = "" if page.get("total_exact", True) else " or more"
         typer.echo(
-            f"{url}: {shown} of {total}{more} matches from offset {offset}", err=True
+            f"{url}: {returned} of {total}{more} matches from offset {offset}", err=True
         )
     _print_items(items, output)
     if len(unreachable) == len(node):

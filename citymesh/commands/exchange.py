@@ -181,7 +181,7 @@ def policy(
 
     Showing reads the node database. Setting checks the policy against the
     dataset's columns, logs a policy usage event and prepares the
-    whole-dataset extract again; it goes through the node's HTTP API when the
+    whole-dataset extract again. It goes through the node's HTTP API when the
     node is running, else the node database.
     """
     new_policy = None

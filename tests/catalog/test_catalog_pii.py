@@ -158,8 +158,8 @@ def test_mask_matches_the_character_rule(keep_last):
         if item is None:
             return None
         text = str(item)
-        kept = text[-keep_last:] if keep_last else ""
-        return "*" * (len(text) - len(kept)) + kept
+        visible_tail = text[-keep_last:] if keep_last else ""
+        return "*" * (len(text) - len(visible_tail)) + visible_tail
 
     for values in (
         pa.array(["héllo", "ü", None, "", "héllo"]),

@@ -217,7 +217,7 @@ def test_stream_over_the_limit_is_abandoned(tmp_path):
 
 def test_leftovers_of_a_crash_are_removed(tmp_path):
     store = PreparedExtracts(tmp_path, limit_bytes=10_000)
-    kept = write_stream(store, "a" * 64, 10)
+    published = write_stream(store, "a" * 64, 10)
     # A stream cut off before its record was written, and a temporary file.
     orphan = tmp_path / ("c" * 64 + "-000000000000.arrows")
     orphan.write_bytes(b"partial")
@@ -226,7 +226,7 @@ def test_leftovers_of_a_crash_are_removed(tmp_path):
     reopened = PreparedExtracts(tmp_path, limit_bytes=10_000)
     assert not orphan.exists()
     assert not partial.exists()
-    assert reopened.find(kept.key) == kept
+    assert reopened.find(published.key) == published
 
 
 def test_record_without_its_file_is_ignored(tmp_path):
